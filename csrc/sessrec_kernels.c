@@ -1,0 +1,180 @@
+/* The fused candidate kernel of sessrec (see docs/kernels.md).
+ *
+ * One call: walk the neighbor rows of the session items (the "seeds"), dedupe with a
+ * visited-stamp array, drop excluded / not-allowed / wrong-category rows, score each
+ * surviving row against the query and keep the best k in a bounded heap.
+ *
+ * Determinism contract shared with the Numba twin and the numpy reference
+ * (sessrec_sdk/kernels/): a dot product is accumulated in float32 over SR_LANES lanes,
+ * element i going to lane i % SR_LANES, lanes folded pairwise (lane j + lane j+half), then
+ * the bias is added. Ranking: higher score first, ties broken by the smaller row.
+ *
+ * Arguments:
+ *   matrix, is_half, n_items, dim  item matrix, row-major, float32 or IEEE half (uint16)
+ *   bias                           [n_items] float32 or NULL
+ *   neighbors, row_width, n_use    [n_items, row_width] int32, -1 = no neighbor; the first
+ *                                  n_use (<= row_width) entries of each row are used
+ *   seeds, n_seeds, exclude_seeds  session rows (valid); exclude_seeds=1 drops them from
+ *                                  the result, 0 makes them candidates themselves
+ *   categories, allowed_cats, n_allowed_cats
+ *                                  category filter; n_allowed_cats < 0 disables it
+ *   excluded, n_excluded           rows never returned
+ *   allowed, n_allowed             allow-list of rows; n_allowed < 0 disables it
+ *   query                          [dim] float32
+ *   seen, allow_mark, epoch        per-thread scratch [n_items] and a per-call stamp that
+ *                                  the caller has never used with these arrays
+ *   k, out_rows, out_scores        results, best first; returns how many (<= k)
+ *   out_n_candidates               rows scored
+ * Returns SR_ERR_NEIGHBOR_RANGE (out_rows[0] = the offending item row) if a neighbor id is
+ * outside [-1, n_items).
+ */
+#include <string.h>
+
+#include "sessrec_kernels.h"
+
+#define SR_LANES 16
+
+static inline float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t mant = h & 0x3ffu;
+    uint32_t bits;
+    float out;
+    if (exp == 0) {
+        /* zero or subnormal: mant * 2^-24, exact in float32 */
+        out = (float)mant * 5.9604644775390625e-8f;
+        return sign ? -out : out;
+    }
+    if (exp == 31) {
+        bits = sign | 0x7f800000u | (mant << 13);
+    } else {
+        bits = sign | ((exp + 112u) << 23) | (mant << 13);
+    }
+    memcpy(&out, &bits, sizeof out);
+    return out;
+}
+
+static inline float fold_lanes(float *acc) {
+    for (int half = SR_LANES / 2; half >= 1; half /= 2) {
+        for (int j = 0; j < half; j++) acc[j] = acc[j] + acc[j + half];
+    }
+    return acc[0];
+}
+
+static float dot_f32(const float *x, const float *q, int32_t dim) {
+    float acc[SR_LANES] = {0};
+    int32_t i = 0;
+    for (; i + SR_LANES <= dim; i += SR_LANES) {
+        for (int j = 0; j < SR_LANES; j++) acc[j] += x[i + j] * q[i + j];
+    }
+    for (int j = 0; i < dim; i++, j++) acc[j] += x[i] * q[i];
+    return fold_lanes(acc);
+}
+
+static float dot_f16(const uint16_t *x, const float *q, int32_t dim) {
+    float acc[SR_LANES] = {0};
+    int32_t i = 0;
+    for (; i + SR_LANES <= dim; i += SR_LANES) {
+        for (int j = 0; j < SR_LANES; j++) acc[j] += half_to_float(x[i + j]) * q[i + j];
+    }
+    for (int j = 0; i < dim; i++, j++) acc[j] += half_to_float(x[i]) * q[i];
+    return fold_lanes(acc);
+}
+
+/* a is worse than b: lower score, or equal score and larger row */
+static inline int worse(float sa, int32_t ra, float sb, int32_t rb) {
+    return sa < sb || (sa == sb && ra > rb);
+}
+
+/* min-heap on "worse": the root is the worst item kept */
+static void sift_down(int32_t *rows, float *scores, int32_t n, int32_t i) {
+    for (;;) {
+        int32_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && worse(scores[l], rows[l], scores[m], rows[m])) m = l;
+        if (r < n && worse(scores[r], rows[r], scores[m], rows[m])) m = r;
+        if (m == i) return;
+        float ts = scores[i]; scores[i] = scores[m]; scores[m] = ts;
+        int32_t tr = rows[i]; rows[i] = rows[m]; rows[m] = tr;
+        i = m;
+    }
+}
+
+static void sift_up(int32_t *rows, float *scores, int32_t i) {
+    while (i > 0) {
+        int32_t p = (i - 1) / 2;
+        if (!worse(scores[i], rows[i], scores[p], rows[p])) return;
+        float ts = scores[i]; scores[i] = scores[p]; scores[p] = ts;
+        int32_t tr = rows[i]; rows[i] = rows[p]; rows[p] = tr;
+        i = p;
+    }
+}
+
+int32_t sr_top_k(
+    const void *matrix, int32_t is_half, int64_t n_items, int32_t dim,
+    const float *bias,
+    const int32_t *neighbors, int32_t row_width, int32_t n_use,
+    const int32_t *seeds, int32_t n_seeds, int32_t exclude_seeds,
+    const int32_t *categories, const int32_t *allowed_cats, int32_t n_allowed_cats,
+    const int32_t *excluded, int32_t n_excluded,
+    const int32_t *allowed, int32_t n_allowed,
+    const float *query,
+    uint32_t *seen, uint32_t *allow_mark, uint32_t epoch,
+    int32_t k, int32_t *out_rows, float *out_scores, int32_t *out_n_candidates) {
+    int32_t size = 0, n_scored = 0;
+    *out_n_candidates = 0;
+    if (k <= 0) return 0;
+
+    for (int32_t i = 0; i < n_excluded; i++) seen[excluded[i]] = epoch;
+    if (exclude_seeds) {
+        for (int32_t i = 0; i < n_seeds; i++) seen[seeds[i]] = epoch;
+    }
+    for (int32_t i = 0; i < n_allowed; i++) allow_mark[allowed[i]] = epoch;
+
+    /* pass 0 visits the seeds themselves (when they may be returned), then their rows */
+    for (int32_t s = 0; s < n_seeds; s++) {
+        const int32_t *row = neighbors + (int64_t)seeds[s] * row_width;
+        for (int32_t t = exclude_seeds ? 0 : -1; t < n_use; t++) {
+            int32_t c = t < 0 ? seeds[s] : row[t];
+            if (c < 0) {
+                if (c == -1) continue;
+                out_rows[0] = seeds[s];
+                return SR_ERR_NEIGHBOR_RANGE;
+            }
+            if (c >= n_items) {
+                out_rows[0] = seeds[s];
+                return SR_ERR_NEIGHBOR_RANGE;
+            }
+            if (seen[c] == epoch) continue;
+            seen[c] = epoch;
+            if (n_allowed >= 0 && allow_mark[c] != epoch) continue;
+            if (n_allowed_cats >= 0) {
+                int32_t cat = categories[c], ok = 0;
+                for (int32_t j = 0; j < n_allowed_cats; j++) {
+                    if (allowed_cats[j] == cat) { ok = 1; break; }
+                }
+                if (!ok) continue;
+            }
+            float score = is_half
+                ? dot_f16((const uint16_t *)matrix + (int64_t)c * dim, query, dim)
+                : dot_f32((const float *)matrix + (int64_t)c * dim, query, dim);
+            if (bias) score += bias[c];
+            n_scored++;
+            if (size < k) {
+                out_rows[size] = c; out_scores[size] = score;
+                sift_up(out_rows, out_scores, size);
+                size++;
+            } else if (worse(out_scores[0], out_rows[0], score, c)) {
+                out_rows[0] = c; out_scores[0] = score;
+                sift_down(out_rows, out_scores, size, 0);
+            }
+        }
+    }
+    /* heap sort: move the worst to the end, leaving best first */
+    for (int32_t n = size - 1; n > 0; n--) {
+        float ts = out_scores[0]; out_scores[0] = out_scores[n]; out_scores[n] = ts;
+        int32_t tr = out_rows[0]; out_rows[0] = out_rows[n]; out_rows[n] = tr;
+        sift_down(out_rows, out_scores, n, 0);
+    }
+    *out_n_candidates = n_scored;
+    return size;
+}

@@ -1,0 +1,374 @@
+"""Bundle format v1: the one thing that crosses from the export tools to the runtime.
+
+A bundle is a directory of ``.npy`` arrays (memory-mapped at load, never pickled), an ONNX
+session encoder and ``manifest.json``. This module is the single spec: ``write_bundle``
+(export side) and ``read_bundle`` (runtime) share the file names and the checks below.
+See docs/bundle-format.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._version import __version__
+from .ids import INT64_MIN, ItemIds, sorted_index
+
+FORMAT_VERSION = 1
+
+MANIFEST = "manifest.json"
+ENCODER = "encoder.onnx"
+ITEM_MATRIX = "item_matrix.npy"
+ITEM_BIAS = "item_bias.npy"
+INPUT_EMBEDDING = "input_embedding.npy"
+NEIGHBORS = "neighbors.npy"
+ITEM_CATEGORY = "item_category.npy"
+POPULARITY = "popularity.npy"
+POPULARITY_SCORES = "popularity_scores.npy"
+ITEM_IDS = "item_ids.npy"
+ITEM_IDS_SORTED = "item_ids_sorted.npy"
+ITEM_IDS_ORDER = "item_ids_order.npy"
+
+REQUIRED_FILES = (ENCODER, ITEM_MATRIX, NEIGHBORS, POPULARITY, POPULARITY_SCORES,
+                  ITEM_IDS, ITEM_IDS_SORTED, ITEM_IDS_ORDER)
+OPTIONAL_FILES = (ITEM_BIAS, INPUT_EMBEDDING, ITEM_CATEGORY)
+
+# Encoder I/O names: items [1, L] int64 (session structure), item_emb [1, L, d_in] float32
+# (rows gathered by the runtime), query [1, d] float32.
+ENCODER_INPUTS = ("items", "item_emb")
+ENCODER_OUTPUT = "query"
+
+CATEGORY_FILTERS = ("last", "session", "none")
+SESSION_FILTERS = ("none", "last_category")
+CANDIDATE_POLICIES = ("neighbors",)
+
+# Bundles up to this size are fully verified (sha256, id ranges) at load unless told not to.
+AUTO_VERIFY_MAX_BYTES = 256 * 2**20
+
+
+class BundleError(Exception):
+    """A bundle cannot be used; the message names the file and the problem."""
+
+
+class MissingFileError(BundleError):
+    pass
+
+
+class CorruptFileError(BundleError):
+    pass
+
+
+class ChecksumError(CorruptFileError):
+    pass
+
+
+class VersionError(BundleError):
+    pass
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: the manifest and memory-mapped arrays (nothing copied)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    item_matrix: np.ndarray
+    neighbors: np.ndarray
+    item_category: np.ndarray | None
+    item_bias: np.ndarray | None
+    input_embedding: np.ndarray        # the item matrix itself unless the model unties them
+    popularity: np.ndarray
+    popularity_scores: np.ndarray
+    ids: ItemIds
+
+    @property
+    def encoder_path(self) -> Path:
+        return self.path / ENCODER
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
+    """Shapes and dtypes: cheap, always run (on write and on every load)."""
+    n, d = manifest["n_items"], manifest["dim"]
+
+    def expect(name: str, ok: bool, what: str) -> None:
+        if not ok:
+            arr = arrays[name]
+            raise CorruptFileError(f"{name}: expected {what}, found shape {arr.shape} "
+                                   f"dtype {arr.dtype}")
+
+    m = arrays[ITEM_MATRIX]
+    expect(ITEM_MATRIX, m.ndim == 2 and m.shape == (n, d)
+           and m.dtype in (np.float32, np.float16), f"[{n}, {d}] float32 or float16")
+    nb = arrays[NEIGHBORS]
+    expect(NEIGHBORS, nb.ndim == 2 and nb.shape[0] == n and nb.dtype == np.int32
+           and nb.shape[1] == manifest["neighbors_per_item"],
+           f"[{n}, {manifest['neighbors_per_item']}] int32")
+    if ITEM_CATEGORY in arrays:
+        c = arrays[ITEM_CATEGORY]
+        expect(ITEM_CATEGORY, c.shape == (n,) and c.dtype == np.int32, f"[{n}] int32")
+    if ITEM_BIAS in arrays:
+        b = arrays[ITEM_BIAS]
+        expect(ITEM_BIAS, b.shape == (n,) and b.dtype == np.float32, f"[{n}] float32")
+    if INPUT_EMBEDDING in arrays:
+        e = arrays[INPUT_EMBEDDING]
+        expect(INPUT_EMBEDDING, e.ndim == 2 and e.shape[0] == n
+               and e.dtype in (np.float32, np.float16), f"[{n}, d_in] float32 or float16")
+    p = arrays[POPULARITY]
+    expect(POPULARITY, p.ndim == 1 and p.dtype == np.int32 and p.shape[0] <= n,
+           f"[<= {n}] int32")
+    ps = arrays[POPULARITY_SCORES]
+    expect(POPULARITY_SCORES, ps.shape == p.shape and ps.dtype == np.float32,
+           f"{list(p.shape)} float32")
+    ids_kind = "U" if manifest["id_kind"] == "str" else "i"
+    for name in (ITEM_IDS, ITEM_IDS_SORTED):
+        a = arrays[name]
+        expect(name, a.shape == (n,) and a.dtype.kind == ids_kind
+               and (ids_kind == "U" or a.dtype == np.int64),
+               f"[{n}] {'str' if ids_kind == 'U' else 'int64'} ids")
+    o = arrays[ITEM_IDS_ORDER]
+    expect(ITEM_IDS_ORDER, o.shape == (n,) and o.dtype == np.int32, f"[{n}] int32")
+
+
+def _check_values(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
+    """Id ranges and orderings: O(size of the bundle), run on write and on verified loads."""
+    n = manifest["n_items"]
+
+    def in_range(name: str, arr: np.ndarray, lo: int, hi: int) -> None:
+        if arr.size and (arr.min() < lo or arr.max() >= hi):
+            bad = int(np.argmax((arr.ravel() < lo) | (arr.ravel() >= hi)))
+            raise CorruptFileError(f"{name}: value {arr.ravel()[bad]} at flat index {bad} is "
+                                   f"outside [{lo}, {hi})")
+
+    in_range(NEIGHBORS, arrays[NEIGHBORS], -1, n)
+    in_range(POPULARITY, arrays[POPULARITY], 0, n)
+    in_range(ITEM_IDS_ORDER, arrays[ITEM_IDS_ORDER], 0, n)
+    if ITEM_CATEGORY in arrays:
+        in_range(ITEM_CATEGORY, arrays[ITEM_CATEGORY], -1, 2**31 - 1)
+    s = arrays[ITEM_IDS_SORTED]
+    if n > 1 and not np.all(s[1:] > s[:-1]):
+        raise CorruptFileError(f"{ITEM_IDS_SORTED}: ids are not strictly increasing "
+                               "(duplicate ids or a damaged file)")
+    if not np.array_equal(arrays[ITEM_IDS][arrays[ITEM_IDS_ORDER]], s):
+        raise CorruptFileError(f"{ITEM_IDS_ORDER}: does not map {ITEM_IDS} onto "
+                               f"{ITEM_IDS_SORTED}")
+    for name in (ITEM_MATRIX, INPUT_EMBEDDING, ITEM_BIAS):
+        if name in arrays:
+            for start in range(0, n, 65536):
+                if not np.isfinite(arrays[name][start:start + 65536]).all():
+                    raise CorruptFileError(f"{name}: holds NaN or infinite values")
+
+
+def _check_manifest(manifest: Any, path: Path) -> None:
+    where = path / MANIFEST
+    if not isinstance(manifest, dict):
+        raise CorruptFileError(f"{where}: not a JSON object")
+    version = manifest.get("format_version")
+    if not isinstance(version, int):
+        raise CorruptFileError(f"{where}: format_version missing or not an integer")
+    if version > FORMAT_VERSION:
+        raise VersionError(f"{where}: bundle format {version} is newer than this sessrec "
+                           f"{__version__} reads (up to {FORMAT_VERSION}); upgrade sessrec")
+    required = ("n_items", "dim", "neighbors_per_item", "id_kind", "files", "model",
+                "inference", "defaults")
+    missing = [k for k in required if k not in manifest]
+    if missing:
+        raise CorruptFileError(f"{where}: missing keys {missing}")
+    if manifest["id_kind"] not in ("int", "str"):
+        raise CorruptFileError(f"{where}: id_kind must be 'int' or 'str'")
+    inference = manifest["inference"]
+    if inference.get("session_filter") not in SESSION_FILTERS:
+        raise CorruptFileError(f"{where}: inference.session_filter must be one of "
+                               f"{SESSION_FILTERS}")
+    if not (isinstance(inference.get("max_session_length"), int)
+            and inference["max_session_length"] >= 1):
+        raise CorruptFileError(f"{where}: inference.max_session_length must be an int >= 1")
+    if manifest["defaults"].get("category_filter") not in CATEGORY_FILTERS:
+        raise CorruptFileError(f"{where}: defaults.category_filter must be one of "
+                               f"{CATEGORY_FILTERS}")
+
+
+def sha256_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# --------------------------------------------------------------------------- read
+
+
+def read_bundle(path: str | os.PathLike, verify: bool | None = None) -> Bundle:
+    """Open a bundle: parse the manifest, memory-map the arrays, check them.
+
+    ``verify``: True checks every file's sha256 and every id range (reads the whole bundle);
+    False checks only the manifest, shapes and dtypes (milliseconds, whatever the size);
+    None (default) verifies bundles up to 256 MiB.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise MissingFileError(f"{path}: bundle directory not found")
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise MissingFileError(f"{mpath}: manifest missing (not a sessrec bundle?)")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{mpath}: not valid JSON ({exc})") from None
+    _check_manifest(manifest, path)
+    files = manifest["files"]
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise CorruptFileError(f"{mpath}: does not list required file {name}")
+    for name in files:
+        if not (path / name).is_file():
+            raise MissingFileError(f"{path / name}: listed in the manifest but missing")
+    if verify is None:
+        verify = sum(int(f.get("bytes", 0)) for f in files.values()) <= AUTO_VERIFY_MAX_BYTES
+    if verify:
+        for name, info in files.items():
+            if sha256_of(path / name) != info.get("sha256"):
+                raise ChecksumError(f"{path / name}: sha256 does not match the manifest "
+                                    "(file changed or damaged)")
+    arrays = {name: _open_npy(path / name) for name in files if name.endswith(".npy")}
+    _check_arrays(arrays, manifest)
+    if verify:
+        _check_values(arrays, manifest)
+    matrix = arrays[ITEM_MATRIX]
+    return Bundle(
+        path=path, manifest=manifest, item_matrix=matrix, neighbors=arrays[NEIGHBORS],
+        item_category=arrays.get(ITEM_CATEGORY), item_bias=arrays.get(ITEM_BIAS),
+        input_embedding=arrays.get(INPUT_EMBEDDING, matrix),
+        popularity=arrays[POPULARITY], popularity_scores=arrays[POPULARITY_SCORES],
+        ids=ItemIds(arrays[ITEM_IDS], arrays[ITEM_IDS_SORTED], arrays[ITEM_IDS_ORDER]))
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise CorruptFileError(f"{path}: unreadable or truncated .npy ({exc})") from None
+
+
+# --------------------------------------------------------------------------- write
+
+
+def write_bundle(
+    out: str | os.PathLike,
+    *,
+    encoder: bytes | str | os.PathLike,
+    item_matrix: np.ndarray,
+    neighbors: np.ndarray,
+    item_ids: np.ndarray,
+    popularity: np.ndarray,
+    popularity_scores: np.ndarray,
+    model: dict[str, Any],
+    inference: dict[str, Any],
+    defaults: dict[str, Any],
+    item_category: np.ndarray | None = None,
+    item_bias: np.ndarray | None = None,
+    input_embedding: np.ndarray | None = None,
+    data_stats: dict[str, Any] | None = None,
+    tool_versions: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a bundle atomically: build it in a sibling temp dir, then rename into place.
+
+    ``model`` = {"kind": ..., "config": {...}}; ``inference`` = {"max_session_length": int,
+    "session_filter": one of SESSION_FILTERS}; ``defaults`` = {"k", "category_filter",
+    "exclude_session_items", "neighbors", "candidates"}. Arrays are validated with the same
+    checks the reader runs, so a bundle that writes is a bundle that loads.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
+    item_ids = np.asarray(item_ids)
+    if item_ids.dtype.kind in "iu":
+        if item_ids.size and (item_ids.min() <= INT64_MIN):
+            raise ValueError("integer item ids must be greater than -2**63")
+        item_ids = item_ids.astype(np.int64)
+        id_kind = "int"
+    elif item_ids.dtype.kind == "U":
+        id_kind = "str"
+    else:
+        raise TypeError(f"item_ids must be integers or str, got dtype {item_ids.dtype}")
+    n_items, dim = item_matrix.shape
+    sorted_ids, order = sorted_index(item_ids)
+    arrays: dict[str, np.ndarray] = {
+        ITEM_MATRIX: item_matrix, NEIGHBORS: np.ascontiguousarray(neighbors, dtype=np.int32),
+        POPULARITY: np.asarray(popularity, dtype=np.int32),
+        POPULARITY_SCORES: np.asarray(popularity_scores, dtype=np.float32),
+        ITEM_IDS: item_ids, ITEM_IDS_SORTED: sorted_ids, ITEM_IDS_ORDER: order,
+    }
+    if item_category is not None:
+        arrays[ITEM_CATEGORY] = np.asarray(item_category, dtype=np.int32)
+    if item_bias is not None:
+        arrays[ITEM_BIAS] = np.asarray(item_bias, dtype=np.float32)
+    if input_embedding is not None:
+        arrays[INPUT_EMBEDDING] = input_embedding
+    defaults = {"k": 10, "candidates": "neighbors", "neighbors": int(neighbors.shape[1]),
+                **defaults}
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "model": model,
+        "n_items": int(n_items),
+        "dim": int(dim),
+        "input_dim": int((input_embedding if input_embedding is not None
+                          else item_matrix).shape[1]),
+        "item_dtype": str(item_matrix.dtype),
+        "neighbors_per_item": int(neighbors.shape[1]),
+        "id_kind": id_kind,
+        "has_categories": item_category is not None,
+        "has_bias": item_bias is not None,
+        "score_transform": "dot",
+        "encoder": {"inputs": list(ENCODER_INPUTS), "output": ENCODER_OUTPUT},
+        "inference": inference,
+        "defaults": defaults,
+        "data_stats": data_stats or {},
+        "created_by": {"sessrec": __version__, "numpy": np.__version__,
+                       "python": platform.python_version(), **(tool_versions or {})},
+        "files": {},
+    }
+    _check_manifest(manifest, out)
+    if defaults["category_filter"] != "none" and item_category is None:
+        raise ValueError("defaults.category_filter needs item_category")
+    _check_arrays(arrays, manifest)
+    _check_values(arrays, manifest)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if isinstance(encoder, bytes):
+            (tmp / ENCODER).write_bytes(encoder)
+        else:
+            shutil.copyfile(encoder, tmp / ENCODER)
+        for name, arr in arrays.items():
+            np.save(tmp / name, arr, allow_pickle=False)
+        for name in sorted([ENCODER, *arrays]):
+            manifest["files"][name] = {"sha256": sha256_of(tmp / name),
+                                       "bytes": (tmp / name).stat().st_size}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move ``tmp`` to ``out``; an old bundle there is moved aside first, then deleted."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

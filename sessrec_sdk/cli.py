@@ -1,0 +1,136 @@
+"""The ``sessrec`` command line (also ``python -m sessrec_sdk``).
+
+Runtime commands (``inspect``, ``recommend``) need only the runtime; ``synth``, ``train``,
+``export`` and ``evaluate`` import the export tools lazily, and ``bench`` runs the
+benchmark suite, so ``sessrec --help`` stays fast and light.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _synth(args: argparse.Namespace) -> int:
+    try:
+        from export_tools.synthetic import build_synthetic_bundle
+    except ImportError as exc:
+        raise SystemExit(f"sessrec synth needs the export extra ({exc}): "
+                         "pip install 'sessrec[export]'") from None
+    t0 = time.perf_counter()
+    path = build_synthetic_bundle(
+        args.out, n_items=args.items, dim=args.dim, neighbors=args.neighbors, seed=args.seed,
+        dtype=args.dtype, string_ids=args.string_ids, overwrite=args.overwrite,
+        progress=sys.stderr.isatty())
+    print(f"wrote {path} ({args.items:,} items, d={args.dim}, K={args.neighbors}, "
+          f"{args.dtype}) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from . import Recommender
+
+    t0 = time.perf_counter()
+    rec = Recommender.load(args.bundle, backend=args.backend, verify=args.verify)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    m = rec.manifest
+    size = sum(f["bytes"] for f in m["files"].values())
+    print(f"bundle       {Path(args.bundle).resolve()}")
+    print(f"format       v{m['format_version']}, model {m['model']['kind']}")
+    print(f"items        {m['n_items']:,} ({m['id_kind']} ids), d={m['dim']} "
+          f"{m['item_dtype']}, K={m['neighbors_per_item']}")
+    print(f"size         {size / 2**20:,.1f} MiB in {len(m['files'])} files")
+    print(f"inference    {json.dumps(m['inference'])}")
+    print(f"defaults     {json.dumps(m['defaults'])}")
+    if m.get("data_stats"):
+        print(f"data stats   {json.dumps(m['data_stats'])}")
+    print(f"written by   {json.dumps(m['created_by'])}")
+    print(f"backend      {rec.backend}")
+    print(f"load         {load_ms:.1f} ms")
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from . import Recommender
+
+    rec = Recommender.load(args.bundle, backend=args.backend)
+    kind = rec.manifest["id_kind"]
+    session = args.items if kind == "str" else [int(x) for x in args.items]
+    result = rec.recommend(session, k=args.k, category_filter=args.category_filter)
+    if result.fallback:
+        print(f"(fallback: {result.fallback}; {result.unknown} unknown ids)")
+    for rank, (item, score) in enumerate(result, 1):
+        print(f"{rank:3d}  {item}  {score:.5f}")
+    return 0
+
+
+def _delegate(module: str):
+    """A subcommand implemented in export_tools or benchmarks: ``main(argv) -> int``."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            raise SystemExit(f"this command needs the export extra ({exc}): "
+                             "pip install 'sessrec[export]'") from None
+        return mod.main(args.rest)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sessrec", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic bundle (tests, benchmarks)")
+    s.add_argument("out", type=Path)
+    s.add_argument("--items", type=int, required=True)
+    s.add_argument("--dim", type=int, default=64)
+    s.add_argument("--neighbors", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    s.add_argument("--string-ids", action="store_true")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=_synth)
+
+    i = sub.add_parser("inspect", help="load a bundle, check it, print what it holds")
+    i.add_argument("bundle", type=Path)
+    i.add_argument("--backend", default="auto", choices=["auto", "c", "numba", "numpy"])
+    i.add_argument("--verify", action="store_true", default=None,
+                   help="check every sha256 and id range, whatever the size")
+    i.set_defaults(func=_inspect)
+
+    r = sub.add_parser("recommend", help="recommend for one session given on the command line")
+    r.add_argument("bundle", type=Path)
+    r.add_argument("items", nargs="+", help="session item ids, oldest first")
+    r.add_argument("-k", type=int, default=None)
+    r.add_argument("--category-filter", choices=["last", "session", "none"], default=None)
+    r.add_argument("--backend", default="auto", choices=["auto", "c", "numba", "numpy"])
+    r.set_defaults(func=_recommend)
+
+    for name, module, text in (
+            ("train", "export_tools.train", "train a model (see sessrec train --help)"),
+            ("export", "export_tools.export", "export a checkpoint to a bundle"),
+            ("evaluate", "export_tools.evaluate", "evaluate a bundle on test sessions"),
+            ("bench", "benchmarks.run", "run the benchmark suite")):
+        d = sub.add_parser(name, help=text, add_help=False)
+        d.add_argument("rest", nargs=argparse.REMAINDER)
+        d.set_defaults(func=_delegate(module))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as exc:  # a clean one-line error for users, not a traceback
+        from .bundle import BundleError
+
+        if isinstance(exc, (BundleError, ValueError, TypeError, FileExistsError)):
+            print(f"sessrec {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise

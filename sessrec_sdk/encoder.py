@@ -1,0 +1,55 @@
+"""The ONNX session encoder: session rows and their embeddings -> one query vector.
+
+ONNX Runtime runs with one intra-op and one inter-op thread so that one recommend() uses
+one core and a host scales by running calls in parallel threads or processes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .bundle import ENCODER, ENCODER_INPUTS, ENCODER_OUTPUT, CorruptFileError
+
+
+def session_options() -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+class SessionEncoder:
+    """Wraps an ``InferenceSession``; ``run`` is thread-safe, so one instance serves all."""
+
+    def __init__(self, path: str | Path, input_dim: int, output_dim: int):
+        path = Path(path)
+        try:
+            self._session = ort.InferenceSession(str(path), session_options(),
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise CorruptFileError(f"{path}: ONNX Runtime cannot load the encoder ({exc})") from None
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        outputs = [o.name for o in self._session.get_outputs()]
+        if set(inputs) != set(ENCODER_INPUTS) or ENCODER_OUTPUT not in outputs:
+            raise CorruptFileError(
+                f"{path}: encoder must take inputs {list(ENCODER_INPUTS)} and give "
+                f"'{ENCODER_OUTPUT}'; it takes {sorted(inputs)} and gives {outputs}")
+        if inputs["items"].type != "tensor(int64)" or inputs["item_emb"].type != "tensor(float)":
+            raise CorruptFileError(f"{path}: encoder input types must be items int64, "
+                                   "item_emb float32")
+        self.input_dim = input_dim
+        self.output_dim = output_dim
+        self._outputs = [ENCODER_OUTPUT]
+        self.path = path
+        self.name = ENCODER
+
+    def __call__(self, rows: np.ndarray, item_emb: np.ndarray) -> np.ndarray:
+        """rows int64 [L], item_emb float32 [L, d_in] -> query float32 [d]."""
+        out = self._session.run(self._outputs, {"items": rows[None, :],
+                                                "item_emb": item_emb[None, :, :]})[0]
+        return out.reshape(-1)

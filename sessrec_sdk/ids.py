@@ -1,0 +1,123 @@
+"""External item ids <-> catalog rows, without a Python dict of every id.
+
+The bundle stores the ids in row order plus a sorted copy and the rows in that order, all
+memory-mapped; a lookup is a binary search (``np.searchsorted``), so a catalog of millions
+of ids loads in milliseconds and a 3-item session touches a few dozen pages.
+"""
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def sorted_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids sorted, rows in that order): the lookup structure the bundle stores."""
+    order = np.argsort(ids, kind="stable").astype(np.int32)
+    return ids[order], order
+
+
+class ItemIds:
+    """The catalog's external ids (int64 or str) with vectorised lookup."""
+
+    def __init__(self, in_row_order: np.ndarray, sorted_ids: np.ndarray, order: np.ndarray):
+        self.in_row_order = in_row_order
+        self._sorted = sorted_ids
+        self._order = order
+        self.kind = "str" if in_row_order.dtype.kind == "U" else "int"
+
+    def __len__(self) -> int:
+        return len(self.in_row_order)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """int32 rows of already-coerced ids (see :meth:`coerce`), -1 where unknown."""
+        if ids.size == 0:
+            return np.empty(0, dtype=np.int32)
+        pos = np.searchsorted(self._sorted, ids)
+        pos_c = np.minimum(pos, len(self._sorted) - 1)
+        found = (pos < len(self._sorted)) & (self._sorted[pos_c] == ids)
+        return np.where(found, self._order[pos_c], -1).astype(np.int32)
+
+    def external(self, rows: np.ndarray) -> np.ndarray:
+        """External ids of ``rows`` (a fresh array, not a view of the mapped file)."""
+        return np.array(self.in_row_order[rows])
+
+    def coerce(self, ids, what: str = "session") -> np.ndarray:
+        """Validate a caller's ids and return them as a 1-D int64 or str array.
+
+        Integer catalogs take Python or numpy integers; ids outside int64 cannot be in the
+        catalog and become -1 (counted as unknown). String catalogs take str. Anything else
+        (None, a bare string, nested lists, floats, bools, bytes) raises TypeError.
+        """
+        if ids is None:
+            raise TypeError(f"{what} must be a list, tuple or numpy array of item ids, not None")
+        if isinstance(ids, (str, bytes)):
+            raise TypeError(f"{what} must be a sequence of item ids, not a bare "
+                            f"{type(ids).__name__}; wrap a single id in a list: [{ids!r}]")
+        if not isinstance(ids, (Sequence, np.ndarray)):
+            raise TypeError(f"{what} must be a list, tuple or numpy array of item ids, "
+                            f"not {type(ids).__name__}")
+        if self.kind == "int":
+            return self._coerce_int(ids, what)
+        return self._coerce_str(ids, what)
+
+    def _coerce_int(self, ids, what: str) -> np.ndarray:
+        if isinstance(ids, np.ndarray):
+            arr = ids
+        else:
+            try:
+                arr = np.asarray(ids)
+            except (ValueError, OverflowError):
+                arr = np.asarray(ids, dtype=object) if _flat(ids) else None
+                if arr is None:
+                    raise TypeError(f"{what} must be a flat sequence of integer item ids") from None
+        if arr.ndim != 1:
+            raise TypeError(f"{what} must be a flat (1-D) sequence of integer item ids, "
+                            f"got {arr.ndim}-D input")
+        if arr.size == 0:
+            return np.empty(0, dtype=np.int64)
+        kind = arr.dtype.kind
+        if kind == "i":
+            return arr.astype(np.int64, copy=False)
+        if kind == "u":
+            return np.where(arr <= INT64_MAX, arr.astype(np.int64), _UNKNOWN_INT)
+        if kind == "O":
+            return self._coerce_objects(arr, what)
+        raise TypeError(f"{what} item ids must be integers for this catalog, "
+                        f"got {_describe(arr)}")
+
+    def _coerce_objects(self, arr: np.ndarray, what: str) -> np.ndarray:
+        out = np.empty(arr.shape, dtype=np.int64)
+        for i, v in enumerate(arr):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"{what} item ids must be integers for this catalog, "
+                                f"got {type(v).__name__} {v!r} at position {i}")
+            v = int(v)
+            out[i] = v if INT64_MIN <= v <= INT64_MAX else _UNKNOWN_INT
+        return out
+
+    def _coerce_str(self, ids, what: str) -> np.ndarray:
+        if isinstance(ids, np.ndarray) and ids.dtype.kind == "U" and ids.ndim == 1:
+            return ids
+        items = list(ids)
+        for i, v in enumerate(items):
+            if not isinstance(v, str):
+                raise TypeError(f"{what} item ids must be str for this catalog, "
+                                f"got {type(v).__name__} {v!r} at position {i}")
+        return np.array(items, dtype=str) if items else np.empty(0, dtype="<U1")
+
+
+# An int64 no catalog can contain: coerce maps out-of-range ids to it, and lookup to -1.
+_UNKNOWN_INT = np.int64(INT64_MIN)
+
+
+def _flat(ids) -> bool:
+    return all(not isinstance(v, (list, tuple, np.ndarray)) for v in ids)
+
+
+def _describe(arr: np.ndarray) -> str:
+    names = {"f": "floats", "b": "booleans", "U": "strings", "S": "bytes", "c": "complex numbers"}
+    return f"{names.get(arr.dtype.kind, str(arr.dtype))} (dtype {arr.dtype})"

@@ -1,0 +1,74 @@
+"""Kernel backends: C (cffi), Numba, numpy. All three return identical rows and scores.
+
+``make_kernel(catalog, "auto")`` picks C, then Numba, then numpy, importing Numba only when
+it is asked for or needed, so ``import sessrec_sdk`` stays light.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import reference
+from .common import LANES, CatalogArrays, KernelQuery, NeighborRangeError, Scratch
+
+BACKENDS = ("auto", "c", "numba", "numpy")
+
+__all__ = ["BACKENDS", "LANES", "CatalogArrays", "KernelQuery", "NeighborRangeError",
+           "Scratch", "make_kernel", "available_backends"]
+
+
+class NumpyKernel:
+    name = "numpy"
+
+    def __init__(self, cat: CatalogArrays):
+        self._cat = cat
+
+    def top_k(self, q: KernelQuery, scratch: Scratch | None = None
+              ) -> tuple[np.ndarray, np.ndarray, int]:
+        return reference.top_k(self._cat, q)
+
+
+def _load(name: str):
+    if name == "c":
+        from .c_backend import CKernel
+        return CKernel
+    if name == "numba":
+        from .numba_backend import NumbaKernel
+        return NumbaKernel
+    return NumpyKernel
+
+
+def available_backends() -> list[str]:
+    """The backends that import on this machine, fastest first."""
+    names = []
+    for name in ("c", "numba", "numpy"):
+        try:
+            _load(name)
+        except ImportError:
+            continue
+        names.append(name)
+    return names
+
+
+def make_kernel(cat: CatalogArrays, backend: str = "auto"):
+    """A kernel object with ``top_k(KernelQuery, Scratch)`` and a ``name``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        try:
+            cls = _load(backend)
+        except ImportError as exc:
+            hint = ("the C extension was not built (reinstall with a C compiler)"
+                    if backend == "c" else "install the extra: pip install 'sessrec[numba]'")
+            raise ImportError(f"kernel backend {backend!r} is unavailable: {hint}") from exc
+        kernel = cls(cat)
+    else:
+        for name in ("c", "numba", "numpy"):
+            try:
+                cls = _load(name)
+            except ImportError:
+                continue
+            kernel = cls(cat)
+            break
+    if hasattr(kernel, "warm_up"):
+        kernel.warm_up()
+    return kernel

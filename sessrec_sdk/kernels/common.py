@@ -1,0 +1,62 @@
+"""What every kernel backend takes and gives: the catalog arrays, one query, scratch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LANES = 16  # accumulation lanes of a dot product; must equal SR_LANES in csrc/
+
+
+class NeighborRangeError(Exception):
+    """neighbors.npy holds an id outside [-1, n_items) in the row of ``item_row``."""
+
+    def __init__(self, item_row: int):
+        super().__init__(f"neighbors.npy row {item_row} holds an item id out of range")
+        self.item_row = item_row
+
+
+@dataclass(frozen=True)
+class CatalogArrays:
+    """The read-only arrays a kernel scores against (usually memory-mapped)."""
+
+    matrix: np.ndarray              # [n_items, d] float32 or float16
+    neighbors: np.ndarray           # [n_items, K] int32, -1 = none
+    categories: np.ndarray | None   # [n_items] int32
+    bias: np.ndarray | None         # [n_items] float32
+
+    @property
+    def n_items(self) -> int:
+        return self.matrix.shape[0]
+
+
+@dataclass(frozen=True)
+class KernelQuery:
+    """One call's inputs, already mapped to rows and validated by the Recommender."""
+
+    seeds: np.ndarray                 # int32 session rows whose neighbor rows are merged
+    query: np.ndarray                 # float32 [d]
+    k: int
+    n_use: int                        # neighbors per item used, <= K
+    exclude_seeds: bool               # True: never return the seeds; False: score them too
+    excluded: np.ndarray              # int32 rows never returned
+    allowed: np.ndarray | None        # int32 allow-list of rows, None = all
+    allowed_cats: np.ndarray | None   # int32 categories kept, None = no category filter
+
+
+class Scratch:
+    """Per-thread visited stamps, so one call is O(candidates) with no clearing pass."""
+
+    def __init__(self, n_items: int):
+        self.seen = np.zeros(n_items, dtype=np.uint32)
+        self.allow_mark = np.zeros(n_items, dtype=np.uint32)
+        self.epoch = 0
+
+    def next_epoch(self) -> int:
+        """A stamp never used before with these arrays (they are cleared on wrap-around)."""
+        if self.epoch >= 0xFFFFFFFF:
+            self.seen[:] = 0
+            self.allow_mark[:] = 0
+            self.epoch = 0
+        self.epoch += 1
+        return self.epoch

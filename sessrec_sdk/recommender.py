@@ -1,0 +1,222 @@
+"""Recommender: load a bundle, answer ``recommend(session)`` in microseconds.
+
+A request flows top to bottom through :meth:`Recommender.recommend`:
+
+1. validate the options (defaults come from the bundle's manifest);
+2. map external ids to catalog rows (ids.py), skipping and counting unknown ones;
+   an empty or all-unknown session gets the popularity fallback;
+3. keep the last ``max_session_length`` items, apply the model's session filter;
+4. the ONNX encoder turns the session into a query vector (encoder.py);
+5. one kernel call merges the neighbor rows of the session items, filters them and keeps
+   the top k by query . row (kernels/);
+6. rows go back to external ids in a read-only :class:`Recommendation` (result.py).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .bundle import (CANDIDATE_POLICIES, CATEGORY_FILTERS, NEIGHBORS, Bundle,
+                     CorruptFileError, read_bundle)
+from .encoder import SessionEncoder
+from .kernels import CatalogArrays, KernelQuery, NeighborRangeError, Scratch, make_kernel
+from .result import Recommendation
+
+_NO_ROWS = np.empty(0, dtype=np.int32)
+
+
+class _Served:
+    """Everything one loaded bundle needs to answer calls; replaced whole on reload."""
+
+    def __init__(self, bundle: Bundle, backend: str):
+        m = bundle.manifest
+        self.bundle = bundle
+        self.encoder = SessionEncoder(bundle.encoder_path, m["input_dim"], m["dim"])
+        self.kernel = make_kernel(CatalogArrays(bundle.item_matrix, bundle.neighbors,
+                                                bundle.item_category, bundle.item_bias),
+                                  backend)
+        self.max_length: int = m["inference"]["max_session_length"]
+        self.session_filter: str = m["inference"]["session_filter"]
+        self.defaults: dict[str, Any] = m["defaults"]
+        self.n_items: int = m["n_items"]
+        self.width: int = m["neighbors_per_item"]
+        self._local = threading.local()
+
+    def scratch(self) -> Scratch:
+        """This thread's visited-stamp arrays (created on the thread's first call)."""
+        s = getattr(self._local, "scratch", None)
+        if s is None:
+            s = self._local.scratch = Scratch(self.n_items)
+        return s
+
+
+class Recommender:
+    """Session-based next-item recommender serving one bundle.
+
+    >>> rec = Recommender.load("bundle/")
+    >>> rec.recommend([1057, 822, 90], k=10)
+
+    Thread-safe: many threads may call :meth:`recommend` at once (each keeps its own
+    scratch arrays); :meth:`reload` swaps in a new bundle atomically under live traffic.
+    """
+
+    def __init__(self, served: _Served):
+        self._served = served
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, backend: str = "auto",
+             verify: bool | None = None) -> Recommender:
+        """Memory-map a bundle and open its encoder.
+
+        ``backend``: "auto" (C, else Numba, else numpy), "c", "numba" or "numpy".
+        ``verify``: see :func:`sessrec_sdk.bundle.read_bundle` (None = verify small bundles).
+        """
+        return cls(_Served(read_bundle(path, verify=verify), backend))
+
+    def reload(self, path: str | os.PathLike, *, verify: bool | None = None) -> None:
+        """Load another bundle on the same backend and switch to it in one assignment."""
+        self._served = _Served(read_bundle(path, verify=verify), self.backend)
+
+    @property
+    def backend(self) -> str:
+        """The kernel backend in use: "c", "numba" or "numpy"."""
+        return self._served.kernel.name
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self._served.bundle.manifest
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        """The catalog's external ids in row order (read-only, memory-mapped)."""
+        return self._served.bundle.ids.in_row_order
+
+    @property
+    def n_items(self) -> int:
+        return self._served.n_items
+
+    def recommend(
+        self,
+        session: Sequence[Any] | np.ndarray,
+        k: int | None = None,
+        *,
+        category_filter: str | None = None,
+        neighbors: int | None = None,
+        exclude_session_items: bool | None = None,
+        exclude: Sequence[Any] | np.ndarray | None = None,
+        allow: Sequence[Any] | np.ndarray | None = None,
+        candidates: str | None = None,
+    ) -> Recommendation:
+        """The top ``k`` next items for ``session`` (external ids, oldest first).
+
+        Options left as None take the bundle's defaults (``rec.manifest["defaults"]``):
+        ``category_filter``: "last" (same category as the last item), "session" (as any
+        session item) or "none"; ``neighbors``: neighbors per session item merged into the
+        candidates (<= the bundle's K); ``exclude_session_items``: never return items of
+        the session; ``exclude``/``allow``: business rules, ids never to return / the only
+        ids that may be returned (unknown ids in them are ignored); ``candidates``:
+        "neighbors" (the only policy of format v1 bundles).
+        """
+        s = self._served  # read once: a concurrent reload() never mixes two bundles
+        k, cat_filter, n_use, exclude_seen = self._options(
+            s, k, category_filter, neighbors, exclude_session_items, candidates)
+        ids = s.bundle.ids
+        rows = ids.rows(ids.coerce(session))
+        known = rows[rows >= 0]
+        unknown = len(rows) - len(known)
+        excluded = self._rows(s, exclude, "exclude")
+        allowed = None if allow is None else self._rows(s, allow, "allow")
+
+        if known.size == 0:
+            return self._popular(s, k, excluded, allowed, unknown, "popularity")
+
+        window = known[-s.max_length:]
+        encoded = window
+        if s.session_filter == "last_category":
+            cats = s.bundle.item_category[window]
+            encoded = window[cats == cats[-1]]
+        item_emb = np.asarray(s.bundle.input_embedding[encoded], dtype=np.float32)
+        query = s.encoder(encoded.astype(np.int64), item_emb)
+        if not np.isfinite(query).all():
+            return self._popular(s, k, excluded, allowed, unknown, "nonfinite_query")
+
+        if exclude_seen:
+            excluded = np.concatenate([excluded, known]) if excluded.size else known
+        allowed_cats = None
+        if cat_filter == "last":
+            allowed_cats = s.bundle.item_category[window[-1:]]
+        elif cat_filter == "session":
+            allowed_cats = np.unique(s.bundle.item_category[window])
+        q = KernelQuery(seeds=window, query=query, k=k, n_use=n_use, exclude_seeds=exclude_seen,
+                        excluded=excluded, allowed=allowed, allowed_cats=allowed_cats)
+        try:
+            top_rows, scores, n_cand = s.kernel.top_k(q, s.scratch())
+        except NeighborRangeError as exc:
+            raise CorruptFileError(f"{s.bundle.path / NEIGHBORS}: row {exc.item_row} holds an "
+                                   "item id out of range (damaged bundle?)") from None
+        return Recommendation(ids.external(top_rows), scores, None, unknown, n_cand)
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, candidates):
+        d = s.defaults
+        k = d["k"] if k is None else k
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        if k <= 0:
+            raise ValueError(f"k must be >= 1, got {k}")
+        k = int(min(k, s.n_items))
+        cat_filter = d["category_filter"] if category_filter is None else category_filter
+        if cat_filter not in CATEGORY_FILTERS:
+            raise ValueError(f"category_filter must be one of {CATEGORY_FILTERS}, "
+                             f"got {cat_filter!r}")
+        if cat_filter != "none" and s.bundle.item_category is None:
+            raise ValueError(f"category_filter={cat_filter!r} needs item categories, and this "
+                             "bundle has none")
+        n_use = d["neighbors"] if neighbors is None else neighbors
+        if isinstance(n_use, bool) or not isinstance(n_use, (int, np.integer)):
+            raise TypeError(f"neighbors must be an int, got {type(n_use).__name__}")
+        if not 1 <= n_use <= s.width:
+            raise ValueError(f"neighbors must be in [1, {s.width}] for this bundle, got {n_use}")
+        exclude_seen = (d["exclude_session_items"] if exclude_session_items is None
+                        else exclude_session_items)
+        if not isinstance(exclude_seen, (bool, np.bool_)):
+            raise TypeError("exclude_session_items must be True or False")
+        policy = d["candidates"] if candidates is None else candidates
+        if policy not in CANDIDATE_POLICIES:
+            raise ValueError(f"candidates must be one of {CANDIDATE_POLICIES} for this bundle, "
+                             f"got {policy!r}")
+        return k, cat_filter, int(n_use), bool(exclude_seen)
+
+    @staticmethod
+    def _rows(s: _Served, ids, what: str) -> np.ndarray:
+        if ids is None:
+            return _NO_ROWS
+        rows = s.bundle.ids.rows(s.bundle.ids.coerce(ids, what))
+        return rows[rows >= 0]
+
+    @staticmethod
+    def _popular(s: _Served, k: int, excluded: np.ndarray, allowed: np.ndarray | None,
+                 unknown: int, reason: str) -> Recommendation:
+        """The most popular items, after the caller's exclude/allow rules."""
+        pop, pop_scores = s.bundle.popularity, s.bundle.popularity_scores
+        rows, scores = [], []
+        found, chunk = 0, max(4 * k + len(excluded), 1024)
+        for start in range(0, len(pop), chunk):
+            block = np.asarray(pop[start:start + chunk])
+            keep = ~np.isin(block, excluded)
+            if allowed is not None:
+                keep &= np.isin(block, allowed)
+            rows.append(block[keep][:k - found])
+            scores.append(np.asarray(pop_scores[start:start + chunk])[keep][:k - found])
+            found += len(rows[-1])
+            if found >= k:
+                break
+        top = np.concatenate(rows) if rows else _NO_ROWS
+        top_scores = np.concatenate(scores) if scores else np.empty(0, np.float32)
+        return Recommendation(s.bundle.ids.external(top), top_scores, reason, unknown, 0)

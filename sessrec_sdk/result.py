@@ -1,0 +1,41 @@
+"""What recommend() returns: a small immutable result, best item first."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class Recommendation:
+    """Top items and their scores, best first (read-only numpy arrays).
+
+    ``fallback`` says why the model was not used ("popularity" for an empty or
+    all-unknown session, "nonfinite_query" if the encoder gave NaN/inf), else None;
+    ``unknown`` counts the session ids not in the catalog; ``n_candidates`` counts the
+    rows the kernel scored.
+    """
+
+    item_ids: np.ndarray
+    scores: np.ndarray
+    fallback: str | None = None
+    unknown: int = 0
+    n_candidates: int = 0
+
+    def __post_init__(self) -> None:
+        self.item_ids.flags.writeable = False
+        self.scores.flags.writeable = False
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def __iter__(self) -> Iterator[tuple[Any, float]]:
+        return zip(self.item_ids.tolist(), self.scores.tolist())
+
+    def __repr__(self) -> str:
+        head = ", ".join(f"{i!r}: {s:.4g}" for i, s in list(self)[:5])
+        more = ", ..." if len(self) > 5 else ""
+        return (f"Recommendation([{head}{more}], n={len(self)}, fallback={self.fallback!r}, "
+                f"unknown={self.unknown})")
