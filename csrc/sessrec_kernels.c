@@ -33,6 +33,7 @@
 #include "sessrec_kernels.h"
 
 #define SR_LANES 16
+#define SR_PREFETCH 4
 
 static inline float half_to_float(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
@@ -61,22 +62,62 @@ static inline float fold_lanes(float *acc) {
     return acc[0];
 }
 
-static float dot_f32(const float *x, const float *q, int32_t dim) {
-    float acc[SR_LANES] = {0};
+/* GCC/clang vector extensions: 16 lanes as two 8-float vectors, element i in lane i % 16,
+ * exactly the scalar definition above; the compiler maps them to SSE or AVX registers. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+typedef uint16_t v8h __attribute__((vector_size(16)));
+
+static inline v8f load_f32(const float *p) {
+    v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* exact IEEE half -> float of 8 values: shift the magnitude into float32 position and scale
+ * by 2^112 (exact, subnormals included); inf/nan patterns are rebuilt separately */
+static inline v8f load_f16(const uint16_t *p) {
+    v8h hv;
+    memcpy(&hv, p, sizeof hv);
+    v8u h = __builtin_convertvector(hv, v8u);
+    v8u magnitude = (h & 0x7fffu) << 13;
+    v8f scaled;
+    memcpy(&scaled, &magnitude, sizeof scaled);
+    scaled = scaled * 0x1p112f;
+    v8u bits;
+    memcpy(&bits, &scaled, sizeof bits);
+    v8u special = (v8u)((h & 0x7c00u) == 0x7c00u);
+    bits = (bits & ~special) | ((0x7f800000u | ((h & 0x3ffu) << 13)) & special);
+    bits |= (h & 0x8000u) << 16;
+    v8f out;
+    memcpy(&out, &bits, sizeof out);
+    return out;
+}
+
+static inline float dot_f32(const float *x, const float *q, int32_t dim) {
+    v8f a0 = {0}, a1 = {0};
     int32_t i = 0;
     for (; i + SR_LANES <= dim; i += SR_LANES) {
-        for (int j = 0; j < SR_LANES; j++) acc[j] += x[i + j] * q[i + j];
+        a0 += load_f32(x + i) * load_f32(q + i);
+        a1 += load_f32(x + i + 8) * load_f32(q + i + 8);
     }
+    float acc[SR_LANES];
+    memcpy(acc, &a0, sizeof a0);
+    memcpy(acc + 8, &a1, sizeof a1);
     for (int j = 0; i < dim; i++, j++) acc[j] += x[i] * q[i];
     return fold_lanes(acc);
 }
 
-static float dot_f16(const uint16_t *x, const float *q, int32_t dim) {
-    float acc[SR_LANES] = {0};
+static inline float dot_f16(const uint16_t *x, const float *q, int32_t dim) {
+    v8f a0 = {0}, a1 = {0};
     int32_t i = 0;
     for (; i + SR_LANES <= dim; i += SR_LANES) {
-        for (int j = 0; j < SR_LANES; j++) acc[j] += half_to_float(x[i + j]) * q[i + j];
+        a0 += load_f16(x + i) * load_f32(q + i);
+        a1 += load_f16(x + i + 8) * load_f32(q + i + 8);
     }
+    float acc[SR_LANES];
+    memcpy(acc, &a0, sizeof a0);
+    memcpy(acc + 8, &a1, sizeof a1);
     for (int j = 0; i < dim; i++, j++) acc[j] += half_to_float(x[i]) * q[i];
     return fold_lanes(acc);
 }
@@ -87,7 +128,7 @@ static inline int worse(float sa, int32_t ra, float sb, int32_t rb) {
 }
 
 /* min-heap on "worse": the root is the worst item kept */
-static void sift_down(int32_t *rows, float *scores, int32_t n, int32_t i) {
+static inline void sift_down(int32_t *rows, float *scores, int32_t n, int32_t i) {
     for (;;) {
         int32_t l = 2 * i + 1, r = l + 1, m = i;
         if (l < n && worse(scores[l], rows[l], scores[m], rows[m])) m = l;
@@ -99,7 +140,7 @@ static void sift_down(int32_t *rows, float *scores, int32_t n, int32_t i) {
     }
 }
 
-static void sift_up(int32_t *rows, float *scores, int32_t i) {
+static inline void sift_up(int32_t *rows, float *scores, int32_t i) {
     while (i > 0) {
         int32_t p = (i - 1) / 2;
         if (!worse(scores[i], rows[i], scores[p], rows[p])) return;
@@ -109,6 +150,13 @@ static void sift_up(int32_t *rows, float *scores, int32_t i) {
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define SR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SR_CLONES
+#endif
+
+SR_CLONES
 int32_t sr_top_k(
     const void *matrix, int32_t is_half, int64_t n_items, int32_t dim,
     const float *bias,
@@ -121,6 +169,7 @@ int32_t sr_top_k(
     uint32_t *seen, uint32_t *allow_mark, uint32_t epoch,
     int32_t k, int32_t *out_rows, float *out_scores, int32_t *out_n_candidates) {
     int32_t size = 0, n_scored = 0;
+    const int64_t row_bytes = (int64_t)dim * (is_half ? 2 : 4);
     *out_n_candidates = 0;
     if (k <= 0) return 0;
 
@@ -135,6 +184,15 @@ int32_t sr_top_k(
         const int32_t *row = neighbors + (int64_t)seeds[s] * row_width;
         for (int32_t t = exclude_seeds ? 0 : -1; t < n_use; t++) {
             int32_t c = t < 0 ? seeds[s] : row[t];
+            if (t + SR_PREFETCH < n_use) {
+                /* rows are scattered over a large mapping: start loading one early */
+                int32_t p = row[t + SR_PREFETCH];
+                if (p >= 0 && p < n_items) {
+                    const char *next = (const char *)matrix + (int64_t)p * row_bytes;
+                    for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(next + off);
+                    __builtin_prefetch(&seen[p]);
+                }
+            }
             if (c < 0) {
                 if (c == -1) continue;
                 out_rows[0] = seeds[s];

@@ -7,8 +7,14 @@
 Importing this package loads numpy and onnxruntime only (no torch, no numba).
 """
 from ._version import __version__
-from .bundle import (FORMAT_VERSION, BundleError, ChecksumError, CorruptFileError,
-                     MissingFileError, VersionError)
+from .bundle import (
+                     FORMAT_VERSION,
+                     BundleError,
+                     ChecksumError,
+                     CorruptFileError,
+                     MissingFileError,
+                     VersionError,
+)
 from .recommender import Recommender
 from .result import Recommendation
 

@@ -253,7 +253,8 @@ def read_bundle(path: str | os.PathLike, verify: bool | None = None) -> Bundle:
 
 def _open_npy(path: Path) -> np.ndarray:
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        # a plain ndarray view of the memmap: indexing a np.memmap subclass costs microseconds
+        return np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
     except (ValueError, OSError, EOFError) as exc:
         raise CorruptFileError(f"{path}: unreadable or truncated .npy ({exc})") from None
 
@@ -345,6 +346,7 @@ def write_bundle(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is shared by servers
     try:
         if isinstance(encoder, bytes):
             (tmp / ENCODER).write_bytes(encoder)

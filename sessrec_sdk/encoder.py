@@ -32,7 +32,8 @@ class SessionEncoder:
             self._session = ort.InferenceSession(str(path), session_options(),
                                                  providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise CorruptFileError(f"{path}: ONNX Runtime cannot load the encoder ({exc})") from None
+            raise CorruptFileError(
+                f"{path}: ONNX Runtime cannot load the encoder ({exc})") from None
         inputs = {i.name: i for i in self._session.get_inputs()}
         outputs = [o.name for o in self._session.get_outputs()]
         if set(inputs) != set(ENCODER_INPUTS) or ENCODER_OUTPUT not in outputs:

@@ -36,14 +36,15 @@ class ItemIds:
         """int32 rows of already-coerced ids (see :meth:`coerce`), -1 where unknown."""
         if ids.size == 0:
             return np.empty(0, dtype=np.int32)
-        pos = np.searchsorted(self._sorted, ids)
-        pos_c = np.minimum(pos, len(self._sorted) - 1)
-        found = (pos < len(self._sorted)) & (self._sorted[pos_c] == ids)
-        return np.where(found, self._order[pos_c], -1).astype(np.int32)
+        pos = self._sorted.searchsorted(ids)
+        np.minimum(pos, len(self._sorted) - 1, out=pos)
+        rows = self._order.take(pos)
+        rows[self._sorted.take(pos) != ids] = -1
+        return rows
 
     def external(self, rows: np.ndarray) -> np.ndarray:
         """External ids of ``rows`` (a fresh array, not a view of the mapped file)."""
-        return np.array(self.in_row_order[rows])
+        return self.in_row_order.take(rows)
 
     def coerce(self, ids, what: str = "session") -> np.ndarray:
         """Validate a caller's ids and return them as a 1-D int64 or str array.
@@ -57,7 +58,7 @@ class ItemIds:
         if isinstance(ids, (str, bytes)):
             raise TypeError(f"{what} must be a sequence of item ids, not a bare "
                             f"{type(ids).__name__}; wrap a single id in a list: [{ids!r}]")
-        if not isinstance(ids, (Sequence, np.ndarray)):
+        if not isinstance(ids, (np.ndarray, list, tuple, Sequence)):  # ABC check last: slow
             raise TypeError(f"{what} must be a list, tuple or numpy array of item ids, "
                             f"not {type(ids).__name__}")
         if self.kind == "int":

@@ -13,6 +13,7 @@ A request flows top to bottom through :meth:`Recommender.recommend`:
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -20,8 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import (CANDIDATE_POLICIES, CATEGORY_FILTERS, NEIGHBORS, Bundle,
-                     CorruptFileError, read_bundle)
+from .bundle import (
+    CANDIDATE_POLICIES,
+    CATEGORY_FILTERS,
+    NEIGHBORS,
+    Bundle,
+    CorruptFileError,
+    read_bundle,
+)
 from .encoder import SessionEncoder
 from .kernels import CatalogArrays, KernelQuery, NeighborRangeError, Scratch, make_kernel
 from .result import Recommendation
@@ -139,9 +146,9 @@ class Recommender:
         if s.session_filter == "last_category":
             cats = s.bundle.item_category[window]
             encoded = window[cats == cats[-1]]
-        item_emb = np.asarray(s.bundle.input_embedding[encoded], dtype=np.float32)
-        query = s.encoder(encoded.astype(np.int64), item_emb)
-        if not np.isfinite(query).all():
+        item_emb = s.bundle.input_embedding.take(encoded, axis=0)
+        query = s.encoder(encoded.astype(np.int64), item_emb.astype(np.float32, copy=False))
+        if not math.isfinite(query.sum()):  # NaN/inf anywhere makes the sum non-finite
             return self._popular(s, k, excluded, allowed, unknown, "nonfinite_query")
 
         if exclude_seen:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,8 +31,7 @@ class CatalogArrays:
         return self.matrix.shape[0]
 
 
-@dataclass(frozen=True)
-class KernelQuery:
+class KernelQuery(NamedTuple):
     """One call's inputs, already mapped to rows and validated by the Recommender."""
 
     seeds: np.ndarray                 # int32 session rows whose neighbor rows are merged
@@ -51,6 +51,7 @@ class Scratch:
         self.seen = np.zeros(n_items, dtype=np.uint32)
         self.allow_mark = np.zeros(n_items, dtype=np.uint32)
         self.epoch = 0
+        self.c_pointers = None  # set by the C backend on first use
 
     def next_epoch(self) -> int:
         """A stamp never used before with these arrays (they are cleared on wrap-around)."""

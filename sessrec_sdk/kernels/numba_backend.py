@@ -6,15 +6,16 @@ run calls in parallel.
 from __future__ import annotations
 
 import numba
+import numpy as np
 from numba import types
 from numba.extending import overload
-import numpy as np
 
 from .common import LANES, CatalogArrays, KernelQuery, NeighborRangeError, Scratch
 
 _ZERO = np.float32(0.0)
 # float16 -> float32 is exact, so a lookup table widens half rows exactly as the C code does
-_HALF_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+_HALF_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(
+    np.float32)
 
 
 def _widen(value, half_table):

@@ -1,0 +1,226 @@
+"""Bad input: each case gets a clear exception or a documented fallback, never a crash."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from export_tools.synthetic import build_synthetic_bundle
+from sessrec_sdk import (
+    BundleError,
+    ChecksumError,
+    CorruptFileError,
+    MissingFileError,
+    Recommender,
+    VersionError,
+)
+from sessrec_sdk.kernels import available_backends
+
+
+@pytest.fixture(scope="module")
+def rec(small_bundle):
+    return Recommender.load(small_bundle)
+
+
+# ------------------------------------------------------------------ sessions
+
+
+@pytest.mark.parametrize("session, match", [
+    (None, "not None"),
+    ("12345", "bare str"),
+    (b"12345", "bare bytes"),
+    ([[1, 2], [3, 4]], "1-D"),
+    ([1, [2, 3]], "flat"),
+    ([1.0, 2.0], "integers"),
+    ([float("nan")], "integers"),
+    (np.array([1.5]), "integers"),
+    ([True, False], "integers"),
+    ([1, None], "integers"),
+    (["a", "b"], "integers"),
+    ({1, 2}, "list, tuple or numpy array"),
+    (42, "list, tuple or numpy array"),
+])
+def test_ill_typed_sessions_raise_type_error(rec, session, match):
+    with pytest.raises(TypeError, match=match):
+        rec.recommend(session)
+
+
+def test_negative_and_huge_integers_are_unknown(rec, small_ids):
+    out = rec.recommend([-1, -(2**63), 2**63 - 1, 2**64, 2**200, np.uint64(2**64 - 1)])
+    assert out.fallback == "popularity" and out.unknown == 6
+    out = rec.recommend(np.array([2**64 - 1, small_ids[0]], dtype=np.uint64))
+    assert out.unknown == 1 and out.fallback is None
+
+
+def test_ten_thousand_item_session(rec, small_ids):
+    rng = np.random.default_rng(0)
+    session = rng.choice(small_ids, size=10_000).tolist()
+    out = rec.recommend(session, k=10)
+    assert len(out) <= 10 and out.fallback is None
+    # only the last 3 items drive it; all 10,000 are excluded from the result
+    assert not set(out.item_ids.tolist()) & set(session)
+
+
+@pytest.mark.parametrize("k, exc", [(0, ValueError), (-3, ValueError), (2.5, TypeError),
+                                    (True, TypeError), ("10", TypeError)])
+def test_bad_k(rec, small_ids, k, exc):
+    with pytest.raises(exc, match="k must"):
+        rec.recommend(small_ids[:2].tolist(), k=k)
+
+
+def test_k_above_catalog_size_is_clamped(rec):
+    out = rec.recommend([], k=10**12)
+    assert len(out) == rec.n_items and out.fallback == "popularity"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"category_filter": "brand"}, "category_filter must be one of"),
+    ({"candidates": "everything"}, "candidates must be one of"),
+    ({"neighbors": 0}, "neighbors must be in"),
+    ({"neighbors": 21}, "neighbors must be in"),
+    ({"exclude_session_items": "yes"}, "exclude_session_items"),
+])
+def test_unknown_option_values(rec, small_ids, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        rec.recommend(small_ids[:2].tolist(), **kwargs)
+
+
+def test_bad_exclude_list(rec, small_ids):
+    with pytest.raises(TypeError, match="exclude"):
+        rec.recommend(small_ids[:2].tolist(), exclude="abc")
+
+
+def test_unknown_backend(small_bundle):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Recommender.load(small_bundle, backend="gpu")
+
+
+# ------------------------------------------------------------------ bundles
+
+
+@pytest.fixture
+def bundle_copy(small_bundle, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(small_bundle, dst)
+    return dst
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(MissingFileError, match="not found"):
+        Recommender.load(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "neighbors.npy", "encoder.onnx",
+                                  "item_ids_sorted.npy"])
+def test_missing_file(bundle_copy, name):
+    (bundle_copy / name).unlink()
+    with pytest.raises(MissingFileError, match=name):
+        Recommender.load(bundle_copy)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_truncated_file(bundle_copy, verify):
+    path = bundle_copy / "item_matrix.npy"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError, match="item_matrix.npy"):
+        Recommender.load(bundle_copy, verify=verify)
+
+
+def test_corrupted_file_fails_checksum(bundle_copy):
+    path = bundle_copy / "item_matrix.npy"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="item_matrix.npy"):
+        Recommender.load(bundle_copy)
+
+
+def test_corrupted_encoder(bundle_copy):
+    path = bundle_copy / "encoder.onnx"
+    path.write_bytes(b"not an onnx model")
+    with pytest.raises(ChecksumError, match="encoder.onnx"):
+        Recommender.load(bundle_copy)
+    # even without checksums, ONNX Runtime's refusal is reported as a bundle error
+    with pytest.raises(CorruptFileError, match="encoder.onnx"):
+        Recommender.load(bundle_copy, verify=False)
+
+
+def _edit_manifest(bundle, edit):
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_newer_format_version(bundle_copy):
+    _edit_manifest(bundle_copy, lambda m: m.update(format_version=99))
+    with pytest.raises(VersionError, match="newer"):
+        Recommender.load(bundle_copy)
+
+
+def test_manifest_not_json(bundle_copy):
+    (bundle_copy / "manifest.json").write_text("{oops")
+    with pytest.raises(CorruptFileError, match="manifest.json"):
+        Recommender.load(bundle_copy)
+
+
+def test_manifest_shape_mismatch(bundle_copy):
+    _edit_manifest(bundle_copy, lambda m: m.update(dim=31))
+    with pytest.raises(CorruptFileError, match="item_matrix.npy"):
+        Recommender.load(bundle_copy, verify=False)
+
+
+def _corrupt_neighbors(bundle, value):
+    """Rewrite neighbors.npy with one bad id and a matching checksum (a writer bug)."""
+    from sessrec_sdk.bundle import sha256_of
+
+    nbrs = np.load(bundle / "neighbors.npy")
+    nbrs[7, 3] = value
+    np.save(bundle / "neighbors.npy", nbrs)
+    _edit_manifest(bundle, lambda m: m["files"]["neighbors.npy"].update(
+        sha256=sha256_of(bundle / "neighbors.npy")))
+
+
+@pytest.mark.parametrize("value", [2000, 10**9, -2])
+def test_neighbor_ids_out_of_range_rejected_at_load(bundle_copy, value):
+    _corrupt_neighbors(bundle_copy, value)
+    with pytest.raises(CorruptFileError, match="neighbors.npy"):
+        Recommender.load(bundle_copy)
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_neighbor_ids_out_of_range_caught_by_kernel(bundle_copy, backend):
+    """Unverified (huge) bundles: the kernel bounds-checks instead of reading past the end."""
+    _corrupt_neighbors(bundle_copy, 10**9)
+    rec = Recommender.load(bundle_copy, verify=False, backend=backend)
+    item = rec.item_ids[7]
+    with pytest.raises(CorruptFileError, match="neighbors.npy: row 7"):
+        rec.recommend([item], k=10)
+
+
+def test_pickled_array_refused(bundle_copy):
+    from sessrec_sdk.bundle import sha256_of
+
+    np.save(bundle_copy / "popularity.npy", np.array([{"x": 1}], dtype=object),
+            allow_pickle=True)
+    _edit_manifest(bundle_copy, lambda m: m["files"]["popularity.npy"].update(
+        sha256=sha256_of(bundle_copy / "popularity.npy")))
+    with pytest.raises(CorruptFileError, match="popularity.npy"):
+        Recommender.load(bundle_copy)
+
+
+def test_bundle_error_is_the_common_base():
+    assert all(issubclass(e, BundleError) for e in (MissingFileError, CorruptFileError,
+                                                    ChecksumError, VersionError))
+
+
+def test_write_refuses_to_overwrite_and_is_atomic(tmp_path):
+    out = build_synthetic_bundle(tmp_path / "b", n_items=50, dim=4, neighbors=5)
+    with pytest.raises(FileExistsError):
+        build_synthetic_bundle(out, n_items=50, dim=4, neighbors=5)
+    build_synthetic_bundle(out, n_items=60, dim=4, neighbors=5, overwrite=True)
+    assert Recommender.load(out).n_items == 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temp or old dirs left

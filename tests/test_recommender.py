@@ -1,0 +1,241 @@
+"""The recommend() contract of DESIGN.md on synthetic bundles."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from export_tools.synthetic import build_synthetic_bundle
+from sessrec_sdk import Recommendation, Recommender
+from sessrec_sdk.kernels import available_backends
+
+
+@pytest.fixture(scope="module")
+def rec(small_bundle):
+    return Recommender.load(small_bundle)
+
+
+def _session(ids, rng, n=3):
+    return ids[rng.choice(len(ids), size=n, replace=False)].tolist()
+
+
+def test_result_shape_and_order(rec, small_ids):
+    out = rec.recommend(small_ids[:3].tolist(), k=7)
+    assert isinstance(out, Recommendation)
+    assert len(out) == 7 and out.item_ids.dtype == np.int64 and out.scores.dtype == np.float32
+    assert np.all(np.diff(out.scores) <= 0)
+    assert out.fallback is None and out.unknown == 0 and out.n_candidates >= 7
+    pairs = list(out)
+    assert pairs[0] == (int(out.item_ids[0]), float(out.scores[0]))
+    with pytest.raises(ValueError):
+        out.item_ids[0] = 1  # read-only
+
+
+def test_scores_are_query_dot_rows(rec, small_ids, small_bundle):
+    """Recompute the scores from the bundle files: the SDK ranks by query . row."""
+    import onnxruntime as ort
+
+    session = small_ids[[5, 17, 99]]
+    out = rec.recommend(session.tolist(), k=5)
+    matrix = np.load(small_bundle / "item_matrix.npy")
+    rows = [int(np.flatnonzero(small_ids == i)[0]) for i in session]
+    enc = ort.InferenceSession(str(small_bundle / "encoder.onnx"))
+    query = enc.run(None, {"items": np.array([rows]), "item_emb": matrix[rows][None]})[0][0]
+    got_rows = [int(np.flatnonzero(small_ids == i)[0]) for i in out.item_ids]
+    np.testing.assert_allclose(out.scores, matrix[got_rows] @ query, rtol=1e-5, atol=1e-6)
+    # nothing among the candidates scores higher than what was returned
+    nbrs = np.load(small_bundle / "neighbors.npy")
+    cands = set(nbrs[rows].ravel().tolist()) - set(rows) - {-1}
+    best = max(float(matrix[c] @ query) for c in cands)
+    assert out.scores[0] == pytest.approx(best, abs=1e-5)
+
+
+def test_session_items_excluded_unless_asked(rec, small_ids, small_bundle):
+    nbrs = np.load(small_bundle / "neighbors.npy")
+    # a session whose items are each other's neighbors
+    a = 0
+    b = int(nbrs[a, 0])
+    session = [small_ids[a], small_ids[b]]
+    out = rec.recommend(session, k=50)
+    assert not set(out.item_ids.tolist()) & set(session)
+    out = rec.recommend(session, k=50, exclude_session_items=False)
+    assert set(session) <= set(out.item_ids.tolist())
+
+
+def test_k_above_catalog_and_candidates(rec, small_ids):
+    out = rec.recommend(small_ids[:1].tolist(), k=10**9)
+    # one item with K=20 neighbors: at most 20 candidates
+    assert 0 < len(out) <= 20 and len(out) == out.n_candidates
+
+
+def test_category_filters(rec, small_ids, small_bundle):
+    cats = np.load(small_bundle / "item_category.npy")
+    cat_of = dict(zip(small_ids.tolist(), cats.tolist()))
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        session = _session(small_ids, rng)
+        last = rec.recommend(session, k=20, category_filter="last")
+        assert all(cat_of[i] == cat_of[session[-1]] for i in last.item_ids.tolist())
+        anyc = rec.recommend(session, k=20, category_filter="session")
+        assert all(cat_of[i] in {cat_of[s] for s in session} for i in anyc.item_ids.tolist())
+        none = rec.recommend(session, k=20, category_filter="none")
+        assert none.n_candidates >= anyc.n_candidates >= last.n_candidates
+
+
+def test_exclude_and_allow(rec, small_ids):
+    session = small_ids[:3].tolist()
+    full = rec.recommend(session, k=10)
+    dropped = full.item_ids[:4].tolist()
+    out = rec.recommend(session, k=10, exclude=dropped + [-12345])
+    assert not set(out.item_ids.tolist()) & set(dropped)
+    allow = full.item_ids[2:6].tolist()
+    out = rec.recommend(session, k=10, allow=allow)
+    assert out.item_ids.tolist() == full.item_ids[2:6].tolist()
+
+
+def test_neighbors_option_limits_candidates(rec, small_ids):
+    session = small_ids[:3].tolist()
+    few = rec.recommend(session, k=100, neighbors=2)
+    many = rec.recommend(session, k=100, neighbors=20)
+    assert few.n_candidates <= 6 < many.n_candidates
+
+
+def test_truncates_to_max_session_length(rec, small_ids):
+    """Only the last max_session_length (3) items drive the query and candidates."""
+    long = small_ids[10:40].tolist()
+    out_long = rec.recommend(long, k=10, exclude_session_items=False)
+    out_tail = rec.recommend(long[-3:], k=10, exclude_session_items=False)
+    np.testing.assert_array_equal(out_long.item_ids, out_tail.item_ids)
+    # but exclusion covers the whole session
+    out = rec.recommend(long, k=50)
+    assert not set(out.item_ids.tolist()) & set(long)
+
+
+def test_popularity_fallback(rec, small_ids, small_bundle):
+    pop = np.load(small_bundle / "popularity.npy")
+    for session in ([], [-1, -2], np.array([], dtype=np.int64)):
+        out = rec.recommend(session, k=5)
+        assert out.fallback == "popularity"
+        assert out.item_ids.tolist() == small_ids[pop[:5]].tolist()
+    out = rec.recommend([-7, -8, -9], k=5, exclude=small_ids[pop[:2]].tolist())
+    assert out.unknown == 3
+    assert out.item_ids.tolist() == small_ids[pop[2:7]].tolist()
+    out = rec.recommend([], k=5, allow=small_ids[pop[[3, 9]]].tolist())
+    assert out.item_ids.tolist() == small_ids[pop[[3, 9]]].tolist()
+
+
+def test_unknown_ids_skipped_and_counted(rec, small_ids):
+    session = small_ids[:3].tolist()
+    out = rec.recommend([-5, session[0], 10**15, session[1], session[2]], k=10)
+    assert out.unknown == 2
+    np.testing.assert_array_equal(out.item_ids, rec.recommend(session, k=10).item_ids)
+
+
+def test_item_ids_in_row_order(rec, small_ids):
+    np.testing.assert_array_equal(rec.item_ids, small_ids)
+    assert rec.n_items == len(small_ids)
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_string_ids_and_float16(str_bundle, backend):
+    rec = Recommender.load(str_bundle, backend=backend)
+    assert rec.backend == backend
+    ids = rec.item_ids
+    assert ids.dtype.kind == "U"
+    out = rec.recommend(ids[:3].tolist(), k=5)
+    assert len(out) == 5 and all(isinstance(i, str) for i, _ in out)
+    with pytest.raises(TypeError, match="str"):
+        rec.recommend([1, 2, 3])
+
+
+def test_backends_give_identical_recommendations(small_bundle, small_ids):
+    recs = [Recommender.load(small_bundle, backend=b) for b in available_backends()]
+    rng = np.random.default_rng(11)
+    for _ in range(50):
+        session = _session(small_ids, rng, n=int(rng.integers(1, 6)))
+        kw = {"k": int(rng.integers(1, 40)),
+              "category_filter": str(rng.choice(["last", "session", "none"]))}
+        outs = [r.recommend(session, **kw) for r in recs]
+        for o in outs[1:]:
+            np.testing.assert_array_equal(o.item_ids, outs[0].item_ids)
+            np.testing.assert_allclose(o.scores, outs[0].scores, atol=1e-5, rtol=0)
+
+
+def test_threads_get_the_sequential_answers(rec, small_ids):
+    rng = np.random.default_rng(5)
+    sessions = [_session(small_ids, rng, n=int(rng.integers(1, 5))) for _ in range(400)]
+    expected = [rec.recommend(s, k=10).item_ids.tolist() for s in sessions]
+    results: dict[int, list] = {}
+    errors = []
+    barrier = threading.Barrier(8)
+
+    def work(t):
+        try:
+            barrier.wait()
+            results[t] = [rec.recommend(s, k=10).item_ids.tolist() for s in sessions]
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(results[t] == expected for t in range(8))
+
+
+def test_reload_swaps_under_traffic(tmp_path, small_ids):
+    a = build_synthetic_bundle(tmp_path / "a", n_items=300, dim=8, neighbors=10, seed=1)
+    b = build_synthetic_bundle(tmp_path / "b", n_items=400, dim=16, neighbors=12, seed=2)
+    rec = Recommender.load(a)
+    ids_a, ids_b = rec.item_ids.copy(), np.load(b / "item_ids.npy")
+    stop = threading.Event()
+    errors = []
+
+    def traffic():
+        rng = np.random.default_rng(0)
+        while not stop.is_set():
+            try:
+                ids = ids_a if rng.random() < 0.5 else ids_b
+                out = rec.recommend(ids[:3].tolist(), k=5)
+                assert len(out) == 5 or out.fallback == "popularity"
+            except Exception as exc:  # pragma: no cover
+                errors.append(exc)
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for _ in range(5):
+        rec.reload(b)
+        rec.reload(a)
+    rec.reload(b)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert rec.n_items == 400 and rec.manifest["dim"] == 16
+
+
+def test_onnxruntime_uses_one_thread(rec):
+    opts = rec._served.encoder._session.get_session_options()
+    assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
+
+
+def test_import_is_light():
+    code = ("import sys, sessrec_sdk; "
+            "bad = [m for m in ('torch', 'numba', 'export_tools', 'onnx') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_auto_backend_does_not_import_numba_when_c_exists(small_bundle):
+    code = ("import sys; from sessrec_sdk import Recommender; "
+            f"r = Recommender.load({str(small_bundle)!r}); "
+            "print(r.backend, 'numba' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split() == ["c", "False"], proc.stderr
