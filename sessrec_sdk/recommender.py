@@ -106,6 +106,19 @@ class Recommender:
     def n_items(self) -> int:
         return self._served.n_items
 
+    def session_rows(self, session: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """The catalog rows the encoder sees for ``session``: known ids, the last
+        ``max_session_length`` of them, after the model's session filter."""
+        s = self._served
+        known, _ = self._known(s, session)
+        return self._encoder_rows(s, known[-s.max_length:])
+
+    def query(self, session: Sequence[Any] | np.ndarray) -> np.ndarray | None:
+        """The session vector the candidates are scored against (None: no known item)."""
+        s = self._served
+        known, _ = self._known(s, session)
+        return self._encode(s, known[-s.max_length:]) if known.size else None
+
     def recommend(
         self,
         session: Sequence[Any] | np.ndarray,
@@ -131,10 +144,7 @@ class Recommender:
         s = self._served  # read once: a concurrent reload() never mixes two bundles
         k, cat_filter, n_use, exclude_seen = self._options(
             s, k, category_filter, neighbors, exclude_session_items, candidates)
-        ids = s.bundle.ids
-        rows = ids.rows(ids.coerce(session))
-        known = rows[rows >= 0]
-        unknown = len(rows) - len(known)
+        known, unknown = self._known(s, session)
         excluded = self._rows(s, exclude, "exclude")
         allowed = None if allow is None else self._rows(s, allow, "allow")
 
@@ -142,12 +152,7 @@ class Recommender:
             return self._popular(s, k, excluded, allowed, unknown, "popularity")
 
         window = known[-s.max_length:]
-        encoded = window
-        if s.session_filter == "last_category":
-            cats = s.bundle.item_category[window]
-            encoded = window[cats == cats[-1]]
-        item_emb = s.bundle.input_embedding.take(encoded, axis=0)
-        query = s.encoder(encoded.astype(np.int64), item_emb.astype(np.float32, copy=False))
+        query = self._encode(s, window)
         if not math.isfinite(query.sum()):  # NaN/inf anywhere makes the sum non-finite
             return self._popular(s, k, excluded, allowed, unknown, "nonfinite_query")
 
@@ -165,7 +170,7 @@ class Recommender:
         except NeighborRangeError as exc:
             raise CorruptFileError(f"{s.bundle.path / NEIGHBORS}: row {exc.item_row} holds an "
                                    "item id out of range (damaged bundle?)") from None
-        return Recommendation(ids.external(top_rows), scores, None, unknown, n_cand)
+        return Recommendation(s.bundle.ids.external(top_rows), scores, None, unknown, n_cand)
 
     # ------------------------------------------------------------------ helpers
 
@@ -199,6 +204,27 @@ class Recommender:
             raise ValueError(f"candidates must be one of {CANDIDATE_POLICIES} for this bundle, "
                              f"got {policy!r}")
         return k, cat_filter, int(n_use), bool(exclude_seen)
+
+    @staticmethod
+    def _known(s: _Served, session) -> tuple[np.ndarray, int]:
+        """(rows of the session's known items, oldest first; count of unknown ids)."""
+        ids = s.bundle.ids
+        rows = ids.rows(ids.coerce(session))
+        known = rows[rows >= 0]
+        return known, len(rows) - len(known)
+
+    @staticmethod
+    def _encoder_rows(s: _Served, window: np.ndarray) -> np.ndarray:
+        if s.session_filter == "last_category":
+            cats = s.bundle.item_category[window]
+            return window[cats == cats[-1]]
+        return window
+
+    @classmethod
+    def _encode(cls, s: _Served, window: np.ndarray) -> np.ndarray:
+        rows = cls._encoder_rows(s, window)
+        item_emb = s.bundle.input_embedding.take(rows, axis=0)
+        return s.encoder(rows.astype(np.int64), item_emb.astype(np.float32, copy=False))
 
     @staticmethod
     def _rows(s: _Served, ids, what: str) -> np.ndarray:

@@ -1,0 +1,289 @@
+"""Checkpoint -> bundle: ONNX encoder, item matrix, nearest-neighbor matrix, stats, defaults.
+
+``sessrec export CKPT --out BUNDLE`` runs, in order:
+
+1. load the checkpoint (weights only, no pickle) and the training sessions it names;
+2. export the session encoder with ``torch.onnx.export(..., dynamo=True)`` (the older
+   TorchScript exporter silently mis-exports index_add with repeated indices) with a
+   dynamic session length;
+3. compute the exact top-K nearest-neighbor matrix of the item embeddings in blocks;
+4. measure on the training sessions how often the next item shares the last item's
+   category, any session item's category, or repeats a session item, and choose the
+   bundle's default category filter and "exclude session items" from those rates;
+5. write the bundle to a temporary directory, load it with the SDK and check that the SDK's
+   scores equal the torch model's on sampled real sessions (including repeated items);
+   only then move it into place.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import data as D
+
+# Defaults are chosen from the data: a filter becomes the default only if it keeps the true
+# next item at least this often on the training sessions; session items stay excluded only
+# if shoppers re-visit them less often than this.
+FILTER_KEEP_RATE = 0.95
+REPEAT_RATE_TO_KEEP_SEEN = 0.05
+PARITY_TOLERANCE = 1e-4
+
+
+class ParityError(RuntimeError):
+    """The exported encoder + SDK do not reproduce the torch model's scores."""
+
+
+def export_encoder(model, path: Path) -> None:
+    """ONNX encoder: items [1, L] int64, item_emb [1, L, d] float32 -> query [1, d]."""
+    import torch
+
+    from .models import EncoderForExport
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # exporter chatter on stderr
+    wrapper = EncoderForExport(model).eval()
+    items = torch.tensor([[0, 1, 0, 2, 1]], dtype=torch.int64)  # repeats: a general example
+    with torch.no_grad():
+        emb = model.embed(items)
+    length = torch.export.Dim("L", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper, (items, emb), dynamo=True, dynamic_shapes=({1: length}, {1: length}),
+            input_names=["items", "item_emb"], output_names=["query"], verbose=False)
+    program.save(str(path), external_data=False)  # one self-contained file
+
+
+def nearest_neighbors(matrix: np.ndarray, k: int, similarity: str = "cosine",
+                      block: int = 2048, progress: bool = False) -> np.ndarray:
+    """Exact top-k neighbors of every row (itself excluded), best first, ties by row.
+
+    Computed in blocks of rows so memory stays at block x n_items floats.
+    """
+    if similarity not in ("cosine", "inner"):
+        raise ValueError("similarity must be 'cosine' or 'inner'")
+    m = np.asarray(matrix, dtype=np.float32)
+    if similarity == "cosine":
+        m = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+    n = len(m)
+    k_eff = min(k, n - 1)
+    out = np.full((n, k), -1, dtype=np.int32)
+    starts = range(0, n, block)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc="neighbors", unit="block", leave=False)
+    for start in starts:
+        stop = min(start + block, n)
+        sims = m[start:stop] @ m.T
+        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        part = np.argpartition(-sims, k_eff - 1, axis=1)[:, :k_eff]
+        part_sims = np.take_along_axis(sims, part, axis=1)
+        order = np.lexsort((part, -part_sims), axis=1)
+        out[start:stop, :k_eff] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+def data_stats(sessions_rows: list[np.ndarray], catalog: D.Catalog, window: int) -> dict:
+    """Next-item facts of the training sessions, as the SDK sees a session (last
+    ``window`` items): same category as the last item, as any item, repeat of an item."""
+    inputs, targets = D.augment_prefixes(sessions_rows, max_length=window)
+    rates = D.category_rates(inputs, targets, np.asarray(catalog.categories))
+    return {k: (round(float(v), 6) if isinstance(v, float) else v) for k, v in rates.items()}
+
+
+def choose_defaults(stats: dict, neighbors: int) -> dict:
+    """Default per-call options from the measured rates (see FILTER_KEEP_RATE)."""
+    if stats["next_same_last_category"] >= FILTER_KEEP_RATE:
+        category_filter = "last"
+    elif stats["next_in_session_categories"] >= FILTER_KEEP_RATE:
+        category_filter = "session"
+    else:
+        category_filter = "none"
+    return {"k": 20, "candidates": "neighbors", "neighbors": neighbors,
+            "category_filter": category_filter,
+            "exclude_session_items": stats["next_repeats_session_item"] < REPEAT_RATE_TO_KEEP_SEEN}
+
+
+def popularity(sessions_rows: list[np.ndarray], n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows by training-event count (ties by row) and each one's share of the events."""
+    counts = np.bincount(np.concatenate(sessions_rows), minlength=n_items).astype(np.float64)
+    order = np.lexsort((np.arange(n_items), -counts)).astype(np.int32)
+    return order, (counts[order] / max(counts.sum(), 1.0)).astype(np.float32)
+
+
+def parity_sessions(sessions_rows: list[np.ndarray], n: int, seed: int = 0
+                    ) -> list[np.ndarray]:
+    """Real sessions (random prefixes) plus variants with repeated items (a b a c b)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(sessions_rows), size=min(n, len(sessions_rows)), replace=False)
+    out = []
+    for i in picks:
+        s = np.asarray(sessions_rows[i])
+        s = s[s >= 0]
+        out.append(s[: rng.integers(1, len(s) + 1)])
+        if len(s) >= 2:  # interleave repeats: the graph then has multi-edges and re-entries
+            rep = np.concatenate([s[:2], s[:1], s[2:3], s[1:2], s[:1]])
+            out.append(rep)
+    return out
+
+
+def check_parity(bundle: Path, model, catalog: D.Catalog, sessions: list[np.ndarray]) -> dict:
+    """Max |SDK score - torch score| over the candidates of each session; raises above tol."""
+    import torch
+
+    from sessrec_sdk import Recommender
+
+    rec = Recommender.load(bundle)
+    matrix = model.item_matrix().detach().numpy()
+    worst_query = worst_score = 0.0
+    ids = np.asarray(catalog.item_ids)
+    for rows in sessions:
+        session = ids[rows]
+        enc_rows = rec.session_rows(session)
+        items = torch.as_tensor(enc_rows[None].astype(np.int64))
+        with torch.no_grad():
+            q_torch = model.encode(items, model.embed(items))[0].numpy()
+        q_sdk = rec.query(session)
+        worst_query = max(worst_query, float(np.abs(q_sdk - q_torch).max()))
+        out = rec.recommend(session, k=50, category_filter="none",
+                            exclude_session_items=False)
+        out_rows = catalog.rows(out.item_ids)
+        expected = matrix[out_rows] @ q_torch
+        worst_score = max(worst_score, float(np.abs(out.scores - expected).max()))
+    result = {"sessions": len(sessions), "max_abs_query_diff": worst_query,
+              "max_abs_score_diff": worst_score, "tolerance": PARITY_TOLERANCE}
+    if worst_score > PARITY_TOLERANCE or worst_query > PARITY_TOLERANCE:
+        raise ParityError(f"ONNX+SDK scores differ from torch by {worst_score:.2e} (query "
+                          f"{worst_query:.2e}) > {PARITY_TOLERANCE}: bundle not written")
+    return result
+
+
+def export_bundle(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    train_csv: str | os.PathLike | None = None,
+    items_csv: str | os.PathLike | None = None,
+    neighbors: int = 100,
+    similarity: str = "cosine",
+    max_session_length: int = 3,
+    session_filter: str | None = None,
+    n_parity: int = 200,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[Path, dict]:
+    """Export a checkpoint to a bundle; returns (path, report with timings and parity)."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    from sessrec_sdk.bundle import write_bundle
+
+    from .train import load_checkpoint, load_training_data
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    t0 = time.perf_counter()
+    model, catalog, config = load_checkpoint(checkpoint)
+    data = config.get("data", {})
+    train_csv = train_csv or data.get("train")
+    items_csv = items_csv or data.get("items")
+    if not train_csv or not items_csv:
+        raise ValueError("the checkpoint names no training data: pass --train and --items")
+    sessions, data_catalog = load_training_data(
+        train_csv, items_csv, min_item_support=data.get("min_item_support", 1))
+    if not np.array_equal(np.asarray(data_catalog.item_ids), np.asarray(catalog.item_ids)):
+        # the checkpoint's catalog is authoritative: map the sessions onto it
+        sessions = D.to_rows([np.asarray(data_catalog.item_ids)[s] for s in sessions], catalog)
+    if session_filter is None:
+        session_filter = ("last_category" if config["train_config"].get("same_category")
+                          else "none")
+    report: dict = {"checkpoint": str(Path(checkpoint).resolve())}
+
+    matrix = model.item_matrix().detach().numpy().astype(np.float32)
+    t = time.perf_counter()
+    nbrs = nearest_neighbors(matrix, neighbors, similarity, progress=progress)
+    report["neighbors_seconds"] = round(time.perf_counter() - t, 2)
+    stats = data_stats(sessions, catalog, max_session_length)
+    defaults = choose_defaults(stats, neighbors)
+    pop, pop_scores = popularity(sessions, catalog.n_items)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        t = time.perf_counter()
+        export_encoder(model, work / "encoder.onnx")
+        report["onnx_export_seconds"] = round(time.perf_counter() - t, 2)
+        candidate = write_bundle(
+            work / "bundle", encoder=work / "encoder.onnx", item_matrix=matrix,
+            neighbors=nbrs, item_ids=np.asarray(catalog.item_ids), popularity=pop,
+            popularity_scores=pop_scores, item_category=np.asarray(catalog.categories),
+            model={"kind": config["model"], "config": model.config,
+                   "train_config": config["train_config"], "preset": config.get("preset"),
+                   "best_epoch": config.get("best_epoch"),
+                   "best_valid_metrics": config.get("best_metrics"),
+                   "neighbor_similarity": similarity},
+            inference={"max_session_length": max_session_length,
+                       "session_filter": session_filter},
+            defaults=defaults, data_stats=stats,
+            tool_versions={"torch": torch.__version__, "onnx": onnx.__version__,
+                           "onnxruntime": onnxruntime.__version__})
+        report["parity"] = check_parity(candidate, model, catalog,
+                                        parity_sessions(sessions, n_parity))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(candidate, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report.update(defaults=defaults, data_stats=stats, seconds=round(time.perf_counter() - t0, 1))
+    return out, report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sessrec export",
+                                description="Export a trained checkpoint to a sessrec bundle.")
+    p.add_argument("checkpoint", help="checkpoint directory written by sessrec train")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--neighbors", type=int, default=100, help="K neighbors per item (100)")
+    p.add_argument("--similarity", choices=["cosine", "inner"], default="cosine")
+    p.add_argument("--max-session-length", type=int, default=3,
+                   help="items of a session the SDK encodes (paper: 3)")
+    p.add_argument("--session-filter", choices=["none", "last_category"], default=None,
+                   help="default: last_category if the model was trained that way")
+    p.add_argument("--train", help="training event CSV (default: the checkpoint's)")
+    p.add_argument("--items", help="items CSV (default: the checkpoint's)")
+    p.add_argument("--parity-sessions", type=int, default=200)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        path, report = export_bundle(
+            args.checkpoint, args.out, train_csv=args.train, items_csv=args.items,
+            neighbors=args.neighbors, similarity=args.similarity,
+            max_session_length=args.max_session_length, session_filter=args.session_filter,
+            n_parity=args.parity_sessions, overwrite=args.overwrite,
+            progress=not args.no_progress)
+    except (ParityError, FileExistsError, ValueError) as exc:
+        print(f"sessrec export: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"bundle: {path}")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
