@@ -95,7 +95,7 @@ class TransitionBaseline:
 # ------------------------------------------------------------------------ evaluation
 
 
-def test_examples(test_csv: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
+def load_test_examples(test_csv: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
     """(inputs as external ids, targets) of every test session with >= 2 events."""
     sessions = [s for s in D.sessionize(D.read_events(test_csv)) if len(s) >= 2]
     return [s[:-1] for s in sessions], np.array([s[-1] for s in sessions], dtype=np.int64)
@@ -166,7 +166,7 @@ def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path 
 
     rec = Recommender.load(bundle)
     kind = rec.manifest["model"]["kind"]
-    inputs, targets = test_examples(test_csv)
+    inputs, targets = load_test_examples(test_csv)
     if limit:
         inputs, targets = inputs[:limit], targets[:limit]
     n = len(targets)

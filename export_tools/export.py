@@ -44,13 +44,34 @@ class ParityError(RuntimeError):
 
 
 def export_encoder(model, path: Path) -> None:
-    """ONNX encoder: items [1, L] int64, item_emb [1, L, d] float32 -> query [1, d]."""
+    """ONNX encoder: items [1, L] int64, item_emb [1, L, d] float32 -> query [1, d].
+
+    Runs in a fresh process: torch 2.13's exporter keeps state after its first export of an
+    nn.GRU, and every later export in the same process silently fixes the session length
+    to the example's (a static [1, 5] input). A new process exports it dynamic every time.
+    """
+    import multiprocessing
+
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(_export_encoder_here, (type(model), model.config, state, str(path)))
+    import onnx
+
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in onnx.load(str(path), load_external_data=False).graph.input]
+    if not all(isinstance(shape[1], str) for shape in dims):
+        raise RuntimeError(f"exported encoder has a static session length: inputs {dims}")
+
+
+def _export_encoder_here(model_cls, config: dict, state: dict, path: str) -> None:
     import torch
 
     from .models import EncoderForExport
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # exporter chatter on stderr
-    wrapper = EncoderForExport(model).eval()
+    model = model_cls.from_config(config)
+    model.load_state_dict(state)
+    wrapper = EncoderForExport(model.eval()).eval()
     items = torch.tensor([[0, 1, 0, 2, 1]], dtype=torch.int64)  # repeats: a general example
     with torch.no_grad():
         emb = model.embed(items)
@@ -60,7 +81,7 @@ def export_encoder(model, path: Path) -> None:
         program = torch.onnx.export(
             wrapper, (items, emb), dynamo=True, dynamic_shapes=({1: length}, {1: length}),
             input_names=["items", "item_emb"], output_names=["query"], verbose=False)
-    program.save(str(path), external_data=False)  # one self-contained file
+    program.save(path, external_data=False)  # one self-contained file
 
 
 def nearest_neighbors(matrix: np.ndarray, k: int, similarity: str = "cosine",
@@ -81,14 +102,19 @@ def nearest_neighbors(matrix: np.ndarray, k: int, similarity: str = "cosine",
     if progress:
         from tqdm import tqdm
         starts = tqdm(starts, desc="neighbors", unit="block", leave=False)
+    import torch
+
+    mt = torch.from_numpy(m)
     for start in starts:
         stop = min(start + block, n)
-        sims = m[start:stop] @ m.T
-        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-        part = np.argpartition(-sims, k_eff - 1, axis=1)[:, :k_eff]
-        part_sims = np.take_along_axis(sims, part, axis=1)
-        order = np.lexsort((part, -part_sims), axis=1)
-        out[start:stop, :k_eff] = np.take_along_axis(part, order, axis=1)
+        with torch.no_grad():
+            sims = mt[start:stop] @ mt.T
+            sims[torch.arange(stop - start), torch.arange(start, stop)] = -torch.inf
+            # one extra so that ties at the K-th place are resolved by row below
+            vals, idx = torch.topk(sims, min(k_eff + 1, n - 1), dim=1)
+        vals, idx = vals.numpy(), idx.numpy()
+        order = np.lexsort((idx, -vals), axis=1)[:, :k_eff]
+        out[start:stop, :k_eff] = np.take_along_axis(idx, order, axis=1)
     return out
 
 
@@ -101,14 +127,15 @@ def data_stats(sessions_rows: list[np.ndarray], catalog: D.Catalog, window: int)
 
 
 def choose_defaults(stats: dict, neighbors: int) -> dict:
-    """Default per-call options from the measured rates (see FILTER_KEEP_RATE)."""
+    """Default per-call options from the measured rates (see FILTER_KEEP_RATE); 100
+    neighbors per item (the paper's setting) unless the bundle has fewer."""
     if stats["next_same_last_category"] >= FILTER_KEEP_RATE:
         category_filter = "last"
     elif stats["next_in_session_categories"] >= FILTER_KEEP_RATE:
         category_filter = "session"
     else:
         category_filter = "none"
-    return {"k": 20, "candidates": "neighbors", "neighbors": neighbors,
+    return {"k": 20, "candidates": "neighbors", "neighbors": min(neighbors, 100),
             "category_filter": category_filter,
             "exclude_session_items": stats["next_repeats_session_item"] < REPEAT_RATE_TO_KEEP_SEEN}
 
