@@ -9,10 +9,21 @@ import numpy as np
 import pytest
 
 from export_tools import data as D
-from export_tools.evaluate import (TransitionBaseline, evaluate, list_rank, plot,
-                                   ranking_metrics, load_test_examples)
-from export_tools.export import (ParityError, choose_defaults, export_bundle,
-                                 nearest_neighbors, parity_sessions)
+from export_tools.evaluate import (
+    TransitionBaseline,
+    evaluate,
+    list_rank,
+    load_test_examples,
+    plot,
+    ranking_metrics,
+)
+from export_tools.export import (
+    ParityError,
+    choose_defaults,
+    export_bundle,
+    nearest_neighbors,
+    parity_sessions,
+)
 from sessrec_sdk import Recommender
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "diginetica"
