@@ -72,6 +72,12 @@ def _delegate(module: str):
     def run(args: argparse.Namespace) -> int:
         import importlib
 
+        if module.startswith("benchmarks."):
+            # the suite lives in the source tree, next to the package (not installed)
+            root = Path(__file__).resolve().parents[1]
+            if (root / "benchmarks").is_dir() and str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:
