@@ -6,7 +6,10 @@
 2. export the session encoder with ``torch.onnx.export(..., dynamo=True)`` (the older
    TorchScript exporter silently mis-exports index_add with repeated indices) with a
    dynamic session length;
-3. compute the exact top-K nearest-neighbor matrix of the item embeddings in blocks;
+3. compute the exact top-K nearest-neighbor matrix in blocks: by default ("model") the
+   items the model itself ranks highest after the one-item session [item], which keeps
+   the true next item among the candidates far more often than cosine or inner-product
+   similarity of the item embeddings (both selectable);
 4. measure on the training sessions how often the next item shares the last item's
    category, any session item's category, or repeats a session item, and choose the
    bundle's default category filter and "exclude session items" from those rates;
@@ -85,9 +88,12 @@ def _export_encoder_here(model_cls, config: dict, state: dict, path: str) -> Non
 
 
 def nearest_neighbors(matrix: np.ndarray, k: int, similarity: str = "cosine",
-                      block: int = 2048, progress: bool = False) -> np.ndarray:
+                      block: int = 2048, progress: bool = False,
+                      queries: np.ndarray | None = None) -> np.ndarray:
     """Exact top-k neighbors of every row (itself excluded), best first, ties by row.
 
+    ``similarity``: "cosine" or "inner" between rows of ``matrix``; with ``queries``
+    (one row per item) row i's neighbors are the top-k of queries[i] . matrix.
     Computed in blocks of rows so memory stays at block x n_items floats.
     """
     if similarity not in ("cosine", "inner"):
@@ -95,6 +101,7 @@ def nearest_neighbors(matrix: np.ndarray, k: int, similarity: str = "cosine",
     m = np.asarray(matrix, dtype=np.float32)
     if similarity == "cosine":
         m = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+    q = m if queries is None else np.asarray(queries, dtype=np.float32)
     n = len(m)
     k_eff = min(k, n - 1)
     out = np.full((n, k), -1, dtype=np.int32)
@@ -104,11 +111,11 @@ def nearest_neighbors(matrix: np.ndarray, k: int, similarity: str = "cosine",
         starts = tqdm(starts, desc="neighbors", unit="block", leave=False)
     import torch
 
-    mt = torch.from_numpy(m)
+    mt, qt = torch.from_numpy(m), torch.from_numpy(q)
     for start in starts:
         stop = min(start + block, n)
         with torch.no_grad():
-            sims = mt[start:stop] @ mt.T
+            sims = qt[start:stop] @ mt.T
             sims[torch.arange(stop - start), torch.arange(start, stop)] = -torch.inf
             # one extra so that ties at the K-th place are resolved by row below
             vals, idx = torch.topk(sims, min(k_eff + 1, n - 1), dim=1)
@@ -116,6 +123,20 @@ def nearest_neighbors(matrix: np.ndarray, k: int, similarity: str = "cosine",
         order = np.lexsort((idx, -vals), axis=1)[:, :k_eff]
         out[start:stop, :k_eff] = np.take_along_axis(idx, order, axis=1)
     return out
+
+
+def model_neighbor_space(model, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """(queries, item matrix) for ``similarity="model"``: item i's neighbors are the items
+    the model itself ranks highest after the one-item session [i]."""
+    import torch
+
+    n = model.config["n_items"]
+    queries = np.empty((n, model.config["dim"]), dtype=np.float32)
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            items = torch.arange(start, min(start + batch, n), dtype=torch.int64)[:, None]
+            queries[start:start + len(items)] = model.encode(items, model.embed(items)).numpy()
+    return queries, model.item_matrix().detach().numpy().astype(np.float32)
 
 
 def data_stats(sessions_rows: list[np.ndarray], catalog: D.Catalog, window: int) -> dict:
@@ -201,7 +222,7 @@ def export_bundle(
     train_csv: str | os.PathLike | None = None,
     items_csv: str | os.PathLike | None = None,
     neighbors: int = 100,
-    similarity: str = "cosine",
+    similarity: str = "model",
     max_session_length: int = 3,
     session_filter: str | None = None,
     n_parity: int = 200,
@@ -239,7 +260,11 @@ def export_bundle(
 
     matrix = model.item_matrix().detach().numpy().astype(np.float32)
     t = time.perf_counter()
-    nbrs = nearest_neighbors(matrix, neighbors, similarity, progress=progress)
+    if similarity == "model":
+        queries, _ = model_neighbor_space(model)
+        nbrs = nearest_neighbors(matrix, neighbors, "inner", progress=progress, queries=queries)
+    else:
+        nbrs = nearest_neighbors(matrix, neighbors, similarity, progress=progress)
     report["neighbors_seconds"] = round(time.perf_counter() - t, 2)
     stats = data_stats(sessions, catalog, max_session_length)
     defaults = choose_defaults(stats, neighbors)
@@ -282,7 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint directory written by sessrec train")
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--neighbors", type=int, default=100, help="K neighbors per item (100)")
-    p.add_argument("--similarity", choices=["cosine", "inner"], default="cosine")
+    p.add_argument("--similarity", choices=["cosine", "inner", "model"], default="model",
+                   help="item-item similarity of the neighbor matrix: cosine or inner product "
+                   "of item embeddings, or 'model': the model's own top items after the "
+                   "one-item session [item]")
     p.add_argument("--max-session-length", type=int, default=3,
                    help="items of a session the SDK encodes (paper: 3)")
     p.add_argument("--session-filter", choices=["none", "last_category"], default=None,

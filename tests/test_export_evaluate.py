@@ -83,6 +83,12 @@ def test_nearest_neighbors_exact_against_brute_force():
         np.fill_diagonal(s, -np.inf)
         expected = np.argsort(-s, axis=1, kind="stable")[:, :5]
         np.testing.assert_array_equal(got, expected)
+    # model similarity: row i ranked by queries[i] . matrix
+    q = rng.standard_normal((57, 8)).astype(np.float32)
+    got = nearest_neighbors(m, 5, "inner", block=16, queries=q)
+    s = q @ m.T
+    np.fill_diagonal(s, -np.inf)
+    np.testing.assert_array_equal(got, np.argsort(-s, axis=1, kind="stable")[:, :5])
     # fewer items than K: padded with -1
     small = nearest_neighbors(m[:4], 6)
     assert (small[:, 3:] == -1).all() and (small[:, :3] >= 0).all()
