@@ -94,31 +94,20 @@ static inline v8f load_f16(const uint16_t *p) {
     return out;
 }
 
-static inline float dot_f32(const float *x, const float *q, int32_t dim) {
+/* query . row; is_half is the same for every call, so the compiler unswitches the loop */
+static inline float dot(const void *row, int32_t is_half, const float *q, int32_t dim) {
+    const float *xf = (const float *)row;
+    const uint16_t *xh = (const uint16_t *)row;
     v8f a0 = {0}, a1 = {0};
     int32_t i = 0;
     for (; i + SR_LANES <= dim; i += SR_LANES) {
-        a0 += load_f32(x + i) * load_f32(q + i);
-        a1 += load_f32(x + i + 8) * load_f32(q + i + 8);
+        a0 += (is_half ? load_f16(xh + i) : load_f32(xf + i)) * load_f32(q + i);
+        a1 += (is_half ? load_f16(xh + i + 8) : load_f32(xf + i + 8)) * load_f32(q + i + 8);
     }
     float acc[SR_LANES];
     memcpy(acc, &a0, sizeof a0);
     memcpy(acc + 8, &a1, sizeof a1);
-    for (int j = 0; i < dim; i++, j++) acc[j] += x[i] * q[i];
-    return fold_lanes(acc);
-}
-
-static inline float dot_f16(const uint16_t *x, const float *q, int32_t dim) {
-    v8f a0 = {0}, a1 = {0};
-    int32_t i = 0;
-    for (; i + SR_LANES <= dim; i += SR_LANES) {
-        a0 += load_f16(x + i) * load_f32(q + i);
-        a1 += load_f16(x + i + 8) * load_f32(q + i + 8);
-    }
-    float acc[SR_LANES];
-    memcpy(acc, &a0, sizeof a0);
-    memcpy(acc + 8, &a1, sizeof a1);
-    for (int j = 0; i < dim; i++, j++) acc[j] += half_to_float(x[i]) * q[i];
+    for (int j = 0; i < dim; i++, j++) acc[j] += (is_half ? half_to_float(xh[i]) : xf[i]) * q[i];
     return fold_lanes(acc);
 }
 
@@ -212,9 +201,7 @@ int32_t sr_top_k(
                 }
                 if (!ok) continue;
             }
-            float score = is_half
-                ? dot_f16((const uint16_t *)matrix + (int64_t)c * dim, query, dim)
-                : dot_f32((const float *)matrix + (int64_t)c * dim, query, dim);
+            float score = dot((const char *)matrix + (int64_t)c * row_bytes, is_half, query, dim);
             if (bias) score += bias[c];
             n_scored++;
             if (size < k) {
