@@ -1,0 +1,325 @@
+"""Shared pieces of the benchmark suite: profiles, cached bundles and indexes, session pools.
+
+Everything expensive (synthetic bundles, the HNSW indexes, the full-catalog ONNX models) is
+built once and cached under ``.cache/`` (``SESSREC_BENCH_CACHE`` overrides), keyed by every
+parameter that changes its content, so a second run starts measuring at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = 0
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SESSREC_BENCH_CACHE", ROOT / ".cache"))
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """The parameters of a synthetic bundle (also its cache key)."""
+
+    n_items: int
+    dim: int
+    K: int
+    dtype: str = "float32"
+    # Synthetic bundles keep up to 20 session items (GRAINRec bundles cap at 3), so that
+    # the session-length sweep measures merging 1..20 neighbor rows, not a truncation.
+    max_session_length: int = 20
+    seed: int = SEED
+
+    @property
+    def key(self) -> str:
+        return (f"n{self.n_items}-d{self.dim}-K{self.K}-{self.dtype}"
+                f"-L{self.max_session_length}-s{self.seed}")
+
+    def label(self) -> str:
+        return f"{_items(self.n_items)} items, d={self.dim}, K={self.K}, {self.dtype}"
+
+
+def _items(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000}k"
+    return str(n)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What one run measures: the reference point and one sweep per axis around it."""
+
+    name: str
+    ref: BundleSpec
+    session_len: int = 3
+    k: int = 20
+    backend: str = "c"
+    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    dims: tuple[int, ...] = (64, 256)
+    Ks: tuple[int, ...] = (25, 50, 100, 150)
+    lengths: tuple[int, ...] = (1, 3, 10, 20)
+    backends: tuple[str, ...] = ("c", "numba", "numpy")
+    dtypes: tuple[str, ...] = ("float32", "float16")
+    pool_size: int = 10_000          # sessions per (bundle, length, traffic) pool
+    max_rounds: int = 3000           # timed calls per benchmark (fast methods)
+    min_rounds: int = 30             # ... at least (slow methods: full-catalog scoring)
+    budget_s: float = 3.0            # target timed seconds per benchmark
+    warmup_rounds: int = 200
+    hnsw_M: int = 32
+    hnsw_ef_construction: int = 40   # faiss' default
+    hnsw_ef_search: int = 64         # the efSearch of the main HNSW rows
+    hnsw_ef_sweep: tuple[int, ...] = (16, 64, 256)
+    floor_blocks: int = 512          # gathered blocks the cold numpy floor rotates over
+    memory_procs: int = 4
+    memory_calls: int = 2000
+    grainrec: bool = True            # benchmark the exported GRAINRec bundle if present
+    accuracy_limit: int | None = None
+
+    def spec(self, **changes) -> BundleSpec:
+        return replace(self.ref, **changes)
+
+
+FULL = Profile(name="full", ref=BundleSpec(n_items=1_000_000, dim=256, K=100))
+
+SMOKE = Profile(
+    name="smoke", ref=BundleSpec(n_items=4000, dim=32, K=20), sizes=(1000, 4000),
+    dims=(16, 32), Ks=(5, 10, 20, 30), pool_size=200, max_rounds=20, min_rounds=3,
+    budget_s=0.02, warmup_rounds=3, hnsw_ef_sweep=(16, 64), floor_blocks=8, memory_procs=4,
+    memory_calls=50, grainrec=False, accuracy_limit=300)
+
+PROFILES = {"full": FULL, "smoke": SMOKE}
+
+
+def profile_from_env() -> Profile:
+    return PROFILES[os.environ.get("SESSREC_BENCH_PROFILE", "full")]
+
+
+# --------------------------------------------------------------------------- caching
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock so two runs never build the same cached artefact at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def bundle_dir(spec: BundleSpec) -> Path:
+    return cache_root() / "bench-bundles" / spec.key
+
+
+def ensure_bundle(spec: BundleSpec) -> Path:
+    """The cached synthetic bundle of ``spec``, built on first use."""
+    out = bundle_dir(spec)
+    if (out / "manifest.json").is_file():
+        return out
+    with file_lock(out.with_name(f".{out.name}.lock")):
+        if (out / "manifest.json").is_file():
+            return out
+        from export_tools.synthetic import build_synthetic_bundle
+
+        log(f"building synthetic bundle {spec.key} (once; cached in {out.parent})")
+        t0 = time.perf_counter()
+        build_synthetic_bundle(out, n_items=spec.n_items, dim=spec.dim, neighbors=spec.K,
+                               seed=spec.seed, dtype=spec.dtype,
+                               max_session_length=spec.max_session_length,
+                               progress=sys.stderr.isatty())
+        log(f"built {spec.key} in {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+def all_specs(p: Profile) -> list[BundleSpec]:
+    """Every synthetic bundle a profile's latency sweeps use (reference first)."""
+    specs = [p.ref]
+    specs += [p.spec(n_items=n) for n in p.sizes]
+    specs += [p.spec(dim=d) for d in p.dims]
+    specs += [p.spec(K=k) for k in p.Ks]
+    specs += [p.spec(dtype=t) for t in p.dtypes]
+    seen, out = set(), []
+    for s in specs:
+        if s.key not in seen:
+            seen.add(s.key)
+            out.append(s)
+    return out
+
+
+def grainrec_bundle() -> Path | None:
+    """The exported GRAINRec bundle (``SESSREC_BENCH_BUNDLE``, default runs/fast/bundle)."""
+    p = Path(os.environ.get("SESSREC_BENCH_BUNDLE", "runs/fast/bundle"))
+    if not p.is_absolute() and not p.exists():
+        p = ROOT / p
+    return p if (p / "manifest.json").is_file() else None
+
+
+def grainrec_missing_message() -> str:
+    p = os.environ.get("SESSREC_BENCH_BUNDLE", "runs/fast/bundle")
+    return (f"no exported GRAINRec bundle at {p!r} (set SESSREC_BENCH_BUNDLE, or train and "
+            "export one: see README 'Train and export'); GRAINRec rows skipped")
+
+
+def bundle_fingerprint(path: Path) -> str:
+    """Content key of a bundle: the sha256 of its item matrix from the manifest."""
+    m = json.loads((Path(path) / "manifest.json").read_text())
+    return m["files"]["item_matrix.npy"]["sha256"][:16]
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+TRAFFIC = ("uniform", "popular")
+TRAFFIC_LABEL = {
+    "uniform": "uniform-random items (cache-cold, worst case)",
+    "popular": "popularity-weighted items (realistic traffic)",
+    "test": "Diginetica test sessions (real traffic)",
+}
+
+
+def session_pool(rec, length: int, traffic: str, size: int, seed: int = SEED) -> list[list]:
+    """``size`` sessions of ``length`` distinct items as external ids (Python lists, what a
+    web host passes), drawn with a fixed seed: uniformly over the catalog, or by the
+    bundle's popularity (popularity_scores.npy)."""
+    b = rec._served.bundle
+    n = rec.n_items
+    rng = np.random.default_rng([seed, length, TRAFFIC.index(traffic), n])
+    if traffic == "uniform":
+        def draw(m: int) -> np.ndarray:
+            return rng.integers(0, n, size=m)
+    elif traffic == "popular":
+        p = np.asarray(b.popularity_scores, dtype=np.float64)
+        cdf = np.cumsum(p / p.sum())
+        pop = np.asarray(b.popularity)
+
+        def draw(m: int) -> np.ndarray:
+            return pop[np.minimum(np.searchsorted(cdf, rng.random(m)), len(pop) - 1)]
+    else:
+        raise ValueError(traffic)
+    rows = np.empty((size, length), dtype=np.int64)
+    for i in range(size):  # distinct items within a session, in order of first draw
+        got: list[int] = []
+        while len(got) < length:
+            for r in draw(4 * length).tolist():
+                if r not in got:
+                    got.append(r)
+                    if len(got) == length:
+                        break
+        rows[i] = got
+    ext = b.ids.external(rows.reshape(-1).astype(np.int32)).reshape(size, length)
+    return [s.tolist() for s in ext]
+
+
+def diginetica_pool(rec, limit: int | None = None) -> list[list]:
+    """Diginetica test-session inputs (all events but the last) as external ids."""
+    from export_tools.data import load_diginetica
+
+    _, test, _ = load_diginetica()
+    pool = [s[:-1].tolist() for s in test if len(s) >= 2]
+    return pool[:limit] if limit else pool
+
+
+class Rotation:
+    """Hands out the pool's items in turn, so consecutive timed calls differ."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.i = 0
+
+    def next(self):
+        item = self.pool[self.i]
+        self.i = (self.i + 1) % len(self.pool)
+        return item
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine_info() -> dict:
+    """CPU model, cores, RAM, caches, Python and library versions, load average."""
+    import numpy
+    import onnxruntime
+
+    lscpu = {}
+    for line in _run(["lscpu"]).splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            lscpu[k.strip()] = v.strip()
+    mem_kb = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    versions = {"python": platform.python_version(), "numpy": numpy.__version__,
+                "onnxruntime": onnxruntime.__version__}
+    for mod in ("numba", "faiss", "pytest_benchmark"):
+        with contextlib.suppress(Exception):
+            versions[mod] = __import__(mod).__version__
+    from sessrec_sdk._version import __version__ as sessrec_version
+
+    versions["sessrec"] = sessrec_version
+    commit = _run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]).strip()
+    dirty = bool(_run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no",
+                       "--", "sessrec_sdk", "csrc"]).strip())
+    return {
+        "cpu_model": lscpu.get("Model name", platform.processor()),
+        "cpus": os.cpu_count(),
+        "threads_per_core": lscpu.get("Thread(s) per core"),
+        "l2": lscpu.get("L2 cache"), "l3": lscpu.get("L3 cache"),
+        "hypervisor": lscpu.get("Hypervisor vendor"),
+        "ram_gib": round(mem_kb / 2**20, 1),
+        "kernel": platform.release(),
+        "versions": versions,
+        "git_commit": commit + (" (sessrec_sdk/csrc modified)" if dirty else ""),
+    }
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def digest(*parts) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:12]
+
+
+@dataclass
+class Timer:
+    """Wall-clock seconds of a block."""
+
+    seconds: float = field(default=0.0)
+
+    def __enter__(self):
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self._t0

@@ -1,0 +1,140 @@
+"""pytest-benchmark fixtures of the sessrec suite.
+
+Run: ``python -m pytest benchmarks --benchmark-json=out.json`` (``--bench-profile smoke`` for
+a seconds-long run on small bundles). ``python -m benchmarks.run`` does this and the memory
+and accuracy scripts, then writes BENCHMARKS.md.
+
+Every timed benchmark calls one function once per round on the next session of a fixed,
+seeded pool (10,000 sessions in the full profile), so consecutive calls touch different
+rows, as live traffic does; choosing the session happens in pytest-benchmark's untimed
+``setup``. Rounds: as many as fit a time budget, between ``min_rounds`` and ``max_rounds``
+(p99 comes from the raw per-round times).
+"""
+from __future__ import annotations
+
+import os
+
+# One thread per call for every contender: OpenBLAS (numpy's matmul), OpenMP (faiss).
+# Must happen before numpy is imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from benchmarks import common as C  # noqa: E402
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("sessrec benchmarks")
+    group.addoption("--bench-profile", choices=sorted(C.PROFILES), default=None,
+                    help="full (default; 1M-item bundles) or smoke (small bundles, seconds); "
+                         "also env SESSREC_BENCH_PROFILE")
+
+
+def pytest_configure(config):
+    name = config.getoption("--bench-profile", default=None)
+    if name:
+        os.environ["SESSREC_BENCH_PROFILE"] = name
+
+
+@pytest.fixture(scope="session")
+def profile() -> C.Profile:
+    return C.profile_from_env()
+
+
+class Suite:
+    """Session-wide caches: loaded recommenders, session pools, alternatives."""
+
+    def __init__(self, profile: C.Profile):
+        self.p = profile
+        self._recs: dict = {}
+        self._pools: dict = {}
+        self._alts: dict = {}
+
+    def rec(self, spec: C.BundleSpec, backend: str | None = None):
+        from sessrec_sdk import Recommender
+
+        backend = backend or self.p.backend
+        key = (spec.key, backend)
+        if key not in self._recs:
+            path = C.ensure_bundle(spec)
+            self._recs[key] = Recommender.load(path, backend=backend, verify=False)
+        return self._recs[key]
+
+    def grainrec(self, backend: str | None = None):
+        from sessrec_sdk import Recommender
+
+        path = C.grainrec_bundle()
+        if path is None:
+            pytest.skip(C.grainrec_missing_message())
+        backend = backend or self.p.backend
+        key = ("grainrec", backend)
+        if key not in self._recs:
+            self._recs[key] = Recommender.load(path, backend=backend, verify=False)
+        return self._recs[key]
+
+    def pool(self, rec, length: int, traffic: str) -> list:
+        """The session pool of a bundle; the same rows for every bundle of one size."""
+        key = (str(rec._served.bundle.path), 0 if traffic == "test" else length, traffic)
+        if key not in self._pools:
+            if traffic == "test":
+                self._pools[key] = C.diginetica_pool(rec)
+            else:
+                self._pools[key] = C.session_pool(rec, length, traffic, self.p.pool_size)
+        return self._pools[key]
+
+    def alternative(self, rec, kind: str, **kw):
+        from benchmarks import alternatives as A
+
+        key = (str(rec._served.bundle.path), kind)
+        if key not in self._alts:
+            if kind == "onnx":
+                self._alts[key] = A.FullCatalogOnnx(rec)
+            elif kind == "numpy":
+                self._alts[key] = A.FullCatalogNumpy(rec)
+            elif kind == "hnsw":
+                self._alts[key] = A.Hnsw(rec, self.p.hnsw_M, self.p.hnsw_ef_construction,
+                                         self.p.hnsw_ef_search)
+            else:
+                raise ValueError(kind)
+        return self._alts[key]
+
+
+@pytest.fixture(scope="session")
+def suite(profile) -> Suite:
+    return Suite(profile)
+
+
+@pytest.fixture
+def measure(benchmark, profile):
+    """``measure(fn, pool, **info)``: time ``fn(item)`` over the rotating pool."""
+
+    def run(fn, pool, *, group: str, warmup: int | None = None, **info):
+        rot = C.Rotation(pool)
+        warmup = profile.warmup_rounds if warmup is None else warmup
+        # warm-up (also JIT, first-touch of code paths) and a per-call estimate for rounds
+        n_est = max(3, min(warmup, len(pool)))
+        t0 = time.perf_counter()
+        for _ in range(n_est):
+            fn(rot.next())
+        per_call = (time.perf_counter() - t0) / n_est
+        rounds = int(np.clip(profile.budget_s / max(per_call, 1e-9), profile.min_rounds,
+                             profile.max_rounds))
+        benchmark.group = group
+        benchmark.extra_info.update(info)
+        benchmark.extra_info.update(profile=profile.name, rounds=rounds,
+                                    loadavg_before=C.loadavg())
+        result = benchmark.pedantic(fn, setup=lambda: ((rot.next(),), {}), rounds=rounds,
+                                    iterations=1, warmup_rounds=0)
+        benchmark.extra_info["loadavg_after"] = C.loadavg()
+        return result
+
+    return run
+
+
+def mean_candidates(rec, pool, k: int, **kw) -> float:
+    """Mean rows the kernel scored per call over (up to) the first 500 sessions."""
+    return float(np.mean([rec.recommend(s, k=k, **kw).n_candidates for s in pool[:500]]))

@@ -1,0 +1,67 @@
+"""What users would run instead, on the same bundles and the same session pools as
+test_latency.py (so the same sessions and the same query vectors): full-catalog scoring in
+ONNX and in numpy, and a faiss HNSW index over every item. See alternatives.py."""
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import common as C
+
+P = C.profile_from_env()
+TRAFFIC = pytest.mark.parametrize("traffic", C.TRAFFIC)
+METHODS = {"onnx": "full-catalog ONNX", "numpy": "full-catalog numpy", "hnsw": "faiss HNSW"}
+
+
+def _info(rec, traffic, length):
+    m = rec.manifest
+    return dict(n_items=m["n_items"], dim=m["dim"], K=m["neighbors_per_item"],
+                dtype=m["item_dtype"], traffic=traffic, session_len=length, k=P.k)
+
+
+@TRAFFIC
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("n_items", P.sizes)
+def test_alternative(measure, suite, n_items, method, traffic):
+    rec = suite.rec(P.spec(n_items=n_items))
+    alt = suite.alternative(rec, method)
+    if method == "hnsw":
+        alt.set_ef(P.hnsw_ef_search)
+    pool = suite.pool(rec, P.session_len, traffic)
+    k = P.k
+    extra = {"ef_search": alt.ef_search, "M": P.hnsw_M} if method == "hnsw" else {}
+    measure(lambda s: alt(s, k), pool, group="alternatives vs catalog size",
+            warmup=min(P.warmup_rounds, 20 if method != "hnsw" else P.warmup_rounds),
+            suite="alternatives", method=METHODS[method], axis="catalog size",
+            **_info(rec, traffic, P.session_len), **extra)
+
+
+@TRAFFIC
+@pytest.mark.parametrize("ef", P.hnsw_ef_sweep)
+def test_hnsw_ef(measure, suite, ef, traffic):
+    """HNSW at the reference point for several efSearch (speed/recall knob)."""
+    rec = suite.rec(P.ref)
+    alt = suite.alternative(rec, "hnsw")
+    alt.set_ef(ef)
+    pool = suite.pool(rec, P.session_len, traffic)
+    k = P.k
+    try:
+        measure(lambda s: alt(s, k), pool, group="HNSW efSearch", suite="alternatives",
+                method="faiss HNSW", axis="efSearch", ef_search=ef, M=P.hnsw_M,
+                **_info(rec, traffic, P.session_len))
+    finally:
+        alt.set_ef(P.hnsw_ef_search)
+
+
+@pytest.mark.skipif(not P.grainrec, reason="GRAINRec rows are not part of this profile")
+@pytest.mark.parametrize("method", list(METHODS))
+def test_grainrec_alternative(measure, suite, method):
+    """The alternatives on the GRAINRec bundle and the Diginetica test sessions (their
+    HR@20 comes from accuracy.py; report.py puts both in one table)."""
+    rec = suite.grainrec()
+    alt = suite.alternative(rec, method)
+    pool = suite.pool(rec, 0, "test")
+    k = P.k
+    extra = {"ef_search": alt.ef_search, "M": P.hnsw_M} if method == "hnsw" else {}
+    measure(lambda s: alt(s, k), pool, group="GRAINRec bundle", warmup=20,
+            suite="grainrec", method=METHODS[method], axis="grainrec",
+            backend=None, **_info(rec, "test", "test"), **extra)
