@@ -296,9 +296,16 @@ def alternatives_table(benches) -> str:
     if not rows:
         return "_not measured in this run_"
     rows.sort(key=lambda b: (b["n_items"], b["method"], b["traffic"]))
-    return table(["items", "method", "traffic", "median", "p99", "rounds"],
+
+    def note(b):
+        if b["method"] != "faiss HNSW" or b["index_mib"] is None:
+            return ""
+        built = b["build_seconds"]
+        return (f"index {b['index_mib']:,.0f} MiB in RAM"
+                + (f", built in {built:,.0f} s on all cores" if built else ""))
+    return table(["items", "method", "traffic", "median", "p99", "rounds", ""],
                  [[items(b["n_items"]), b["method"], b["traffic"], t(b.median), t(b.p99),
-                   b.rounds] for b in rows])
+                   b.rounds, note(b)] for b in rows])
 
 
 def hnsw_ef_table(benches) -> str:

@@ -69,6 +69,8 @@ def bench_env() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `sessrec bench -- --smoke` hands the separator on
+        argv = argv[1:]
     pytest_extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")

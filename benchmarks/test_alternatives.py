@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks import alternatives as A
 from benchmarks import common as C
 
 P = C.profile_from_env()
@@ -18,6 +19,15 @@ def _info(rec, traffic, length):
                 dtype=m["item_dtype"], traffic=traffic, session_len=length, k=P.k)
 
 
+def _hnsw_info(rec) -> dict:
+    path = rec._served.bundle.path
+    index = A.hnsw_index_path(path, P.hnsw_M, P.hnsw_ef_construction)
+    return {"ef_search": P.hnsw_ef_search, "M": P.hnsw_M,
+            "ef_construction": P.hnsw_ef_construction,
+            "index_mib": round(index.stat().st_size / 2**20, 1),
+            "build_seconds": A.hnsw_build_seconds(path, P.hnsw_M, P.hnsw_ef_construction)}
+
+
 @TRAFFIC
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("n_items", P.sizes)
@@ -28,7 +38,7 @@ def test_alternative(measure, suite, n_items, method, traffic):
         alt.set_ef(P.hnsw_ef_search)
     pool = suite.pool(rec, P.session_len, traffic)
     k = P.k
-    extra = {"ef_search": alt.ef_search, "M": P.hnsw_M} if method == "hnsw" else {}
+    extra = _hnsw_info(rec) if method == "hnsw" else {}
     measure(lambda s: alt(s, k), pool, group="alternatives vs catalog size",
             warmup=min(P.warmup_rounds, 20 if method != "hnsw" else P.warmup_rounds),
             suite="alternatives", method=METHODS[method], axis="catalog size",
@@ -61,7 +71,7 @@ def test_grainrec_alternative(measure, suite, method):
     alt = suite.alternative(rec, method)
     pool = suite.pool(rec, 0, "test")
     k = P.k
-    extra = {"ef_search": alt.ef_search, "M": P.hnsw_M} if method == "hnsw" else {}
+    extra = _hnsw_info(rec) if method == "hnsw" else {}
     measure(lambda s: alt(s, k), pool, group="GRAINRec bundle", warmup=20,
             suite="grainrec", method=METHODS[method], axis="grainrec",
             backend=None, **_info(rec, "test", "test"), **extra)
