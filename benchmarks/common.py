@@ -307,6 +307,43 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def cpu_busy_seconds() -> float:
+    """CPU seconds all processes of the machine spent busy so far (/proc/stat: user, nice,
+    system, irq, softirq; not idle, iowait or steal)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return float("nan")
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) and its finished children."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class OtherLoad:
+    """Cores that *other* processes kept busy while a block ran: the machine's busy CPU
+    time minus this process's own, over the wall time (0 on a quiet machine). The load
+    average cannot tell this, since the benchmark itself adds 1 to it."""
+
+    def __enter__(self):
+        self._t = (time.perf_counter(), cpu_busy_seconds(), own_cpu_seconds())
+        return self
+
+    def __exit__(self, *exc):
+        wall, busy, own = (a - b for a, b in zip(
+            (time.perf_counter(), cpu_busy_seconds(), own_cpu_seconds()), self._t))
+        # /proc/stat ticks are 10 ms: too coarse for blocks shorter than half a second
+        self.cores = (None if wall < 0.5 else
+                      round(min(max(busy - own, 0.0) / wall, float(os.cpu_count() or 1)), 3))
+
+
 def digest(*parts) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:12]
 

@@ -127,9 +127,11 @@ def measure(benchmark, profile):
         benchmark.extra_info.update(info)
         benchmark.extra_info.update(profile=profile.name, rounds=rounds,
                                     loadavg_before=C.loadavg())
-        result = benchmark.pedantic(fn, setup=lambda: ((rot.next(),), {}), rounds=rounds,
-                                    iterations=1, warmup_rounds=0)
+        with C.OtherLoad() as other:
+            result = benchmark.pedantic(fn, setup=lambda: ((rot.next(),), {}), rounds=rounds,
+                                        iterations=1, warmup_rounds=0)
         benchmark.extra_info["loadavg_after"] = C.loadavg()
+        benchmark.extra_info["other_cpu_cores"] = other.cores
         return result
 
     return run

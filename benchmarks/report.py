@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 QUIET_LOAD = 0.5
+QUIET_OTHER_CORES = 0.25
 
 
 # --------------------------------------------------------------------------- loading
@@ -452,19 +453,26 @@ def plot(benches, meta, path: Path) -> None:
 
 
 def quiet_text(meta: dict, benches) -> str:
-    loads = [meta.get("loadavg_before", [None])[0], meta.get("loadavg_after", [None])[0]]
-    per = [b["loadavg_before"][0] for b in benches if b["loadavg_before"]]
-    per += [b["loadavg_after"][0] for b in benches if b["loadavg_after"]]
-    worst = max([x for x in loads + per if x is not None], default=None)
-    if worst is None:
-        return "Load average not recorded."
-    quiet = worst < QUIET_LOAD
-    verdict = ("**quiet**" if quiet else f"**not quiet** (1-minute load reached {worst:.2f}; "
-               "another process was using the CPU, so absolute times are pessimistic and "
-               "noisier, p99 most of all)")
-    return (f"1-minute load average {loads[0]} at the start, {loads[1]} at the end, at most "
-            f"{worst:.2f} around the benchmarks: the machine was {verdict} "
-            f"(threshold {QUIET_LOAD}).")
+    """Was the machine quiet? The load average before the run (the run itself adds ~1 to
+    it), and the cores other processes kept busy during the run and each benchmark."""
+    before = meta.get("loadavg_before", [None])[0]
+    run_other = meta.get("other_cpu_cores")
+    per = [b["other_cpu_cores"] for b in benches if b["other_cpu_cores"] is not None]
+    if before is None:
+        return "Machine load not recorded."
+    quiet = before < QUIET_LOAD and (run_other is None or run_other < QUIET_OTHER_CORES)
+    parts = [f"1-minute load average {before:.2f} when the run started"]
+    if run_other is not None:
+        parts.append(f"other processes kept {run_other:.2f} of {os.cpu_count()} cores busy "
+                     "on average during the run")
+    if per:
+        parts.append(f"{np.median(per):.2f} cores (median) and {max(per):.2f} (max) during "
+                     "the timed rounds of the latency benchmarks")
+    verdict = ("**quiet**" if quiet else "**not quiet**: other work shared the CPU, so "
+               "absolute times are pessimistic and noisier, p99 most of all")
+    return ("; ".join(parts) + f". The machine was {verdict} (quiet = load average below "
+            f"{QUIET_LOAD} at the start and other processes below {QUIET_OTHER_CORES} cores "
+            "on average).")
 
 
 def build(results: Path, out: Path, plot_path: Path | None = None) -> dict:

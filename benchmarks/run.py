@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
     rc = 0
+    other = C.OtherLoad().__enter__()
     pytest_cmd = [sys.executable, "-m", "pytest", str(C.ROOT / "benchmarks"), "-p",
                   "no:cacheprovider", "--bench-profile", p.name,
                   f"--benchmark-json={out / 'latency.json'}",
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             C.log(res["skipped"])
         (out / "accuracy.json").write_text(json.dumps(res, indent=2) + "\n")
 
-    meta.update(finished=_now(), loadavg_after=C.loadavg(),
+    other.__exit__(None, None, None)
+    meta.update(finished=_now(), loadavg_after=C.loadavg(), other_cpu_cores=other.cores,
                 seconds=round(time.perf_counter() - t_start, 1),
                 commands=[f"cd {C.ROOT.name}  # repository root, venv active",
                           meta["command"],
