@@ -199,10 +199,29 @@ TRAFFIC_LABEL = {
 }
 
 
+ZIPF_EXPONENT = 1.0
+
+
+def popularity_weights(rec) -> np.ndarray:
+    """Draw weights of the items of popularity.npy, in its order (most popular first).
+
+    A trained bundle's popularity_scores.npy holds real training frequencies: used as they
+    are. Synthetic bundles rank their items by a Zipf(1.5) *sample*, whose scores are
+    degenerate (the top item holds ~99.99% of the mass in the 1M bundle: every session would
+    be the same few items), so their ranking is used with Zipf's law, weight 1/rank
+    (``ZIPF_EXPONENT``), instead: the top 1% of a 1M catalog draws ~70% of the traffic.
+    """
+    b = rec._served.bundle
+    if rec.manifest["model"]["kind"] != "synthetic":
+        return np.asarray(b.popularity_scores, dtype=np.float64)
+    ranks = np.arange(1, len(b.popularity) + 1, dtype=np.float64)
+    return ranks ** -ZIPF_EXPONENT
+
+
 def session_pool(rec, length: int, traffic: str, size: int, seed: int = SEED) -> list[list]:
     """``size`` sessions of ``length`` distinct items as external ids (Python lists, what a
-    web host passes), drawn with a fixed seed: uniformly over the catalog, or by the
-    bundle's popularity (popularity_scores.npy)."""
+    web host passes), drawn with a fixed seed: uniformly over the catalog, or by popularity
+    (:func:`popularity_weights`)."""
     b = rec._served.bundle
     n = rec.n_items
     rng = np.random.default_rng([seed, length, TRAFFIC.index(traffic), n])
@@ -210,9 +229,9 @@ def session_pool(rec, length: int, traffic: str, size: int, seed: int = SEED) ->
         def draw(m: int) -> np.ndarray:
             return rng.integers(0, n, size=m)
     elif traffic == "popular":
-        p = np.asarray(b.popularity_scores, dtype=np.float64)
-        cdf = np.cumsum(p / p.sum())
         pop = np.asarray(b.popularity)
+        p = popularity_weights(rec)
+        cdf = np.cumsum(p / p.sum())
 
         def draw(m: int) -> np.ndarray:
             return pop[np.minimum(np.searchsorted(cdf, rng.random(m)), len(pop) - 1)]

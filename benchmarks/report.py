@@ -534,8 +534,10 @@ def build(results: Path, out: Path, plot_path: Path | None = None) -> dict:
         "",
         "Uniform-random sessions draw their items uniformly over the catalog (rows scattered "
         "over the whole mapping: the cache-cold worst case); popularity-weighted sessions "
-        "draw them by the bundle's `popularity_scores.npy` (the synthetic bundles use a "
-        "Zipf(1.5) popularity, a heavy head: realistic traffic, warmer caches). "
+        "draw them by popularity: the synthetic bundles' popularity ranking (popularity.npy) "
+        "with Zipf weights 1/rank, so the top 1% of a 1M catalog draws ~70% of the traffic "
+        "(their own popularity_scores.npy are degenerate, see benchmarks/common.py); a "
+        "trained bundle's own popularity_scores.npy. Realistic traffic, warmer caches. "
         "\"candidates\" = rows the kernel scored per call (mean).",
         "",
         "### Catalog size (with the alternatives, uniform-random sessions)",
