@@ -302,7 +302,9 @@ def alternatives_table(benches) -> str:
         if b["method"] != "faiss HNSW" or b["index_mib"] is None:
             return ""
         built = b["build_seconds"]
-        return (f"index {b['index_mib']:,.0f} MiB in RAM"
+        rec = b["recall_vs_exact"]
+        return ((f"recall@{b['k']} vs exact {rec:.3f}; " if rec is not None else "")
+                + f"index {b['index_mib']:,.0f} MiB in RAM"
                 + (f", built in {built:,.0f} s on all cores" if built else ""))
     return table(["items", "method", "traffic", "median", "p99", "rounds", ""],
                  [[items(b["n_items"]), b["method"], b["traffic"], t(b.median), t(b.p99),
@@ -314,8 +316,10 @@ def hnsw_ef_table(benches) -> str:
     if not rows:
         return "_not measured in this run_"
     rows.sort(key=lambda b: (b["ef_search"], b["traffic"]))
-    return table(["efSearch", "traffic", "median", "p99"],
-                 [[b["ef_search"], b["traffic"], t(b.median), t(b.p99)] for b in rows])
+    return table(["efSearch", "traffic", "median", "p99", "recall@k vs exact top-k"],
+                 [[b["ef_search"], b["traffic"], t(b.median), t(b.p99),
+                   "–" if b["recall_vs_exact"] is None else f"{b['recall_vs_exact']:.3f}"]
+                  for b in rows])
 
 
 def stages_table(benches, which: str, traffic: str) -> str | None:

@@ -3,6 +3,7 @@ test_latency.py (so the same sessions and the same query vectors): full-catalog 
 ONNX and in numpy, and a faiss HNSW index over every item. See alternatives.py."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from benchmarks import alternatives as A
@@ -17,6 +18,37 @@ def _info(rec, traffic, length):
     m = rec.manifest
     return dict(n_items=m["n_items"], dim=m["dim"], K=m["neighbors_per_item"],
                 dtype=m["item_dtype"], traffic=traffic, session_len=length, k=P.k)
+
+
+_EXACT: dict = {}
+RECALL_SESSIONS = 200
+
+
+def _exact_top(rec, pool, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(query vectors, exact top-k rows over the whole catalog) of the first sessions."""
+    key = (str(rec._served.bundle.path), id(pool), k)
+    if key not in _EXACT:
+        queries = np.stack([rec.query(s) for s in pool[:RECALL_SESSIONS]])
+        matrix = rec._served.bundle.item_matrix
+        best_s = np.full((len(queries), k), -np.inf, np.float32)
+        best_r = np.zeros((len(queries), k), np.int64)
+        for start in range(0, len(matrix), 65536):
+            scores = queries @ np.asarray(matrix[start:start + 65536], np.float32).T
+            both_s = np.concatenate([best_s, scores], axis=1)
+            both_r = np.concatenate([best_r, np.broadcast_to(
+                np.arange(start, start + scores.shape[1]), scores.shape)], axis=1)
+            top = np.argpartition(-both_s, k - 1, axis=1)[:, :k]
+            best_s = np.take_along_axis(both_s, top, axis=1)
+            best_r = np.take_along_axis(both_r, top, axis=1)
+        _EXACT[key] = (queries, best_r)
+    return _EXACT[key]
+
+
+def _hnsw_recall(rec, alt, pool, k: int) -> float:
+    """Mean share of the exact top-k (same query vector) that HNSW returns."""
+    queries, exact = _exact_top(rec, pool, k)
+    got = [alt.search(q, k) for q in queries]
+    return float(np.mean([len(np.intersect1d(g, e)) / k for g, e in zip(got, exact)]))
 
 
 def _hnsw_info(rec) -> dict:
@@ -39,6 +71,8 @@ def test_alternative(measure, suite, n_items, method, traffic):
     pool = suite.pool(rec, P.session_len, traffic)
     k = P.k
     extra = _hnsw_info(rec) if method == "hnsw" else {}
+    if method == "hnsw":
+        extra["recall_vs_exact"] = _hnsw_recall(rec, alt, pool, k)
     measure(lambda s: alt(s, k), pool, group="alternatives vs catalog size",
             warmup=min(P.warmup_rounds, 20 if method != "hnsw" else P.warmup_rounds),
             suite="alternatives", method=METHODS[method], axis="catalog size",
@@ -55,8 +89,10 @@ def test_hnsw_ef(measure, suite, ef, traffic):
     pool = suite.pool(rec, P.session_len, traffic)
     k = P.k
     try:
+        recall = _hnsw_recall(rec, alt, pool, k)
         measure(lambda s: alt(s, k), pool, group="HNSW efSearch", suite="alternatives",
                 method="faiss HNSW", axis="efSearch", ef_search=ef, M=P.hnsw_M,
+                recall_vs_exact=recall,
                 **_info(rec, traffic, P.session_len))
     finally:
         alt.set_ef(P.hnsw_ef_search)
