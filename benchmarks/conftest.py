@@ -61,6 +61,7 @@ class Suite:
         key = (spec.key, backend)
         if key not in self._recs:
             path = C.ensure_bundle(spec)
+            C.warm_page_cache(path)
             self._recs[key] = Recommender.load(path, backend=backend, verify=False)
         return self._recs[key]
 
@@ -73,6 +74,7 @@ class Suite:
         backend = backend or self.p.backend
         key = ("grainrec", backend)
         if key not in self._recs:
+            C.warm_page_cache(path)
             self._recs[key] = Recommender.load(path, backend=backend, verify=False)
         return self._recs[key]
 

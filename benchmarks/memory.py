@@ -73,6 +73,7 @@ def load_per_size(p: C.Profile, tmp: Path) -> list[dict]:
     for n in p.sizes:
         spec = p.spec(n_items=n)
         bundle = C.ensure_bundle(spec)
+        C.warm_page_cache(bundle)
         size_mib = sum(f.stat().st_size for f in bundle.iterdir()) / 2**20
         sessions = _write_sessions(bundle, 1000, tmp / f"sessions-{spec.key}.npy")
         for verify in ("auto", "no"):
@@ -88,6 +89,7 @@ def load_per_size(p: C.Profile, tmp: Path) -> list[dict]:
                 "rss_after_import_mib": last["mem_after_import"]["VmRSS"],
                 "rss_after_load_mib": last["mem_after_load"]["VmRSS"],
                 "rss_after_first_call_mib": last["mem_after_first_call"]["VmRSS"],
+                "file_rss_after_first_call_mib": last["mem_after_first_call"].get("RssFile"),
                 "pss_after_load_mib": last["mem_after_load"].get("Pss"),
             })
             C.log(f"load {C._items(n)} verify={verify}: {med['load_s'] * 1e3:.1f} ms, RSS "
@@ -99,6 +101,7 @@ def shared_serving(p: C.Profile, tmp: Path) -> list[dict]:
     """1 process, then ``p.memory_procs`` processes, each loading the reference bundle and
     serving ``p.memory_calls`` uniform-random calls; memory read while all are alive."""
     bundle = C.ensure_bundle(p.ref)
+    C.warm_page_cache(bundle)
     sessions = _write_sessions(bundle, max(p.memory_calls, 1000), tmp / "sessions-ref.npy")
     out = []
     for n_procs in sorted({1, p.memory_procs}):
