@@ -118,18 +118,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", default="auto", choices=["auto", "c", "numba", "numpy"])
     r.set_defaults(func=_recommend)
 
-    for name, module, text in (
-            ("train", "export_tools.train", "train a model (see sessrec train --help)"),
-            ("export", "export_tools.export", "export a checkpoint to a bundle"),
-            ("evaluate", "export_tools.evaluate", "evaluate a bundle on test sessions"),
-            ("bench", "benchmarks.run", "run the benchmark suite")):
-        d = sub.add_parser(name, help=text, add_help=False)
-        d.add_argument("rest", nargs=argparse.REMAINDER)
-        d.set_defaults(func=_delegate(module))
+    for name, text in (("train", "train a model (sessrec train --help)"),
+                       ("export", "export a checkpoint to a bundle (sessrec export --help)"),
+                       ("evaluate", "evaluate a bundle on test sessions"),
+                       ("bench", "run the benchmark suite (sessrec bench --help)")):
+        sub.add_parser(name, help=text, add_help=False)  # listed here, parsed in main()
     return p
 
 
+DELEGATED = {"train": "export_tools.train", "export": "export_tools.export",
+             "evaluate": "export_tools.evaluate", "bench": "benchmarks.run"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:  # their own parsers take every remaining option
+        return _delegate(DELEGATED[argv[0]])(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -205,3 +205,13 @@ def test_evaluate_cli(tiny_run, tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert {"method", "HR@20", "MRR@20", "NDCG@20"} <= set(rows[0])
     assert "transition" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "export", "evaluate"])
+def test_cli_delegates_options_to_the_subcommand(command, capsys):
+    from sessrec_sdk.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert f"sessrec {command}" in capsys.readouterr().out
