@@ -7,8 +7,11 @@ Protocol:
 * the training sessions (whole sessions, catalog rows) are split by session into train and
   validation (``valid_fraction``, seeded);
 * training examples: every prefix of every training session predicts its next item
-  (prefix augmentation), inputs truncated to the last ``max_length`` items and, when
-  ``same_category`` is set, filtered to the items of the last item's category;
+  (prefix augmentation); when ``same_category`` is set the input is first filtered to the
+  items of its last item's category, then truncated to its last ``max_length`` items;
+* full-softmax cross-entropy, Adam (L2 ``weight_decay``) or AdamW, learning rate constant
+  or decayed to 0 over the planned epochs (``lr_schedule`` linear/cosine), length-bucketed
+  shuffled batches;
 * validation: each validation session's last item is the target, the events before it are
   the input (the test protocol), with the same input filter; HR@20 and MRR@20 over the full
   catalog; early stopping when neither improves for ``patience`` epochs; the best epoch's
