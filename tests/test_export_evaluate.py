@@ -154,7 +154,10 @@ def test_export_parity_and_round_trip(tiny_run):
     rec = Recommender.load(bundle, verify=True)
     m = rec.manifest
     assert m["model"]["kind"] == "grainrec" and m["neighbors_per_item"] == 20
-    assert m["inference"] == {"max_session_length": 3, "session_filter": "last_category"}
+    trained_filtered = json.loads((ckpt / "config.json").read_text())["train_config"][
+        "same_category"]
+    assert m["inference"] == {"max_session_length": 3, "session_filter":
+                              "last_category" if trained_filtered else "none"}
     assert 0 < m["data_stats"]["next_same_last_category"] <= 1
     catalog_ids = np.load(ckpt / "item_ids.npy")
     np.testing.assert_array_equal(rec.item_ids, catalog_ids)
