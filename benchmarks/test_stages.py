@@ -7,7 +7,10 @@ encoder (gather the session's input embeddings + the ONNX run), the kernel alone
 building (rows back to external ids, the Recommendation object). What is left of a whole
 call (option checks, exclusion arrays) is the whole minus the stages.
 
-Two more rows bound the kernel from below: a plain numpy matmul (``block @ query``) over
+Three more rows bound the kernel from below. "numpy gather floor" is
+``matrix.take(rows, axis=0) @ query`` over exactly the rows the kernel scores, straight
+from the memory-mapped matrix (cold: the random reads of those rows, nothing else). A plain
+numpy matmul (``block @ query``) over
 the same number of rows, already gathered into one contiguous block per session, rotating
 over hundreds of blocks (larger than the L3 cache: the memory-bound floor of reading those
 rows) and on one block only (cache-hot). "kernel, hot" repeats one query: the kernel
@@ -29,7 +32,7 @@ from sessrec_sdk.result import Recommendation
 
 P = C.profile_from_env()
 STAGES = ("recommend", "id mapping", "encoder", "kernel", "result building",
-          "kernel, hot", "numpy matmul floor", "numpy matmul floor, hot")
+          "kernel, hot", "numpy gather floor", "numpy matmul floor", "numpy matmul floor, hot")
 
 
 class Prepared:
@@ -61,6 +64,11 @@ class Prepared:
             self.queries.append(query)
             self.kq.append(q)
             self.outs.append(s.kernel.top_k(q, s.scratch()))
+
+    def gather_inputs(self) -> list:
+        """(rows the kernel scores, query) per session, for the gather floor."""
+        cat = self.s.kernel._cat
+        return [(candidate_rows(cat, q), q.query) for q in self.kq]
 
     def floor_blocks(self, n_blocks: int) -> list:
         """(contiguous float32 block of the rows the kernel scores, query) per session."""
@@ -161,6 +169,9 @@ def test_stage(measure, suite, which, traffic, stage):
     elif stage == "result building":
         ids = s.bundle.ids
         fn, pool = (lambda o: Recommendation(ids.external(o[0]), o[1], None, 0, o[2])), prep.outs
+    elif stage == "numpy gather floor":
+        matrix = s.kernel._cat.matrix
+        fn, pool = (lambda rq: matrix.take(rq[0], axis=0) @ rq[1]), prep.gather_inputs()
     elif stage == "numpy matmul floor":
         fn, pool = (lambda bq: bq[0] @ bq[1]), prep.floor_blocks(P.floor_blocks)
     elif stage == "numpy matmul floor, hot":
@@ -176,5 +187,5 @@ def test_stage(measure, suite, which, traffic, stage):
             bundle=which, traffic=traffic, n_items=m["n_items"], dim=m["dim"],
             K=m["neighbors_per_item"], dtype=m["item_dtype"], backend=rec.backend, k=k,
             session_len="test" if traffic == "test" else P.session_len, candidates=cands,
-            floor_rows=(float(np.mean([len(b) for b, _ in pool]))
+            floor_rows=(float(np.mean([len(b) for b, _ in pool[:500]]))
                         if "floor" in stage else None), **extra)

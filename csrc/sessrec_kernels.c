@@ -2,7 +2,9 @@
  *
  * One call: walk the neighbor rows of the session items (the "seeds"), dedupe with a
  * visited-stamp array, drop excluded / not-allowed / wrong-category rows, score each
- * surviving row against the query and keep the best k in a bounded heap.
+ * surviving row against the query and keep the best k in a bounded heap. Candidates are
+ * collected in batches (in merge order) before they are scored, so the scattered row loads
+ * can be issued ahead of the arithmetic.
  *
  * Determinism contract shared with the Numba twin and the numpy reference
  * (sessrec_sdk/kernels/): a dot product is accumulated in float32 over SR_LANES lanes,
@@ -33,7 +35,11 @@
 #include "sessrec_kernels.h"
 
 #define SR_LANES 16
-#define SR_PREFETCH 4
+#define SR_BATCH 512      /* candidates collected before they are scored (stack array) */
+#define SR_IDS_AHEAD 8    /* neighbor ids whose seen/category entries are prefetched */
+#define SR_ROWS_AHEAD 4   /* candidate rows loading while one is scored */
+/* helpers are inlined into each target clone of sr_top_k, so they get its AVX2 code */
+#define SR_INLINE static inline __attribute__((always_inline))
 
 static inline float half_to_float(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
@@ -68,7 +74,7 @@ typedef float v8f __attribute__((vector_size(32)));
 typedef uint32_t v8u __attribute__((vector_size(32)));
 typedef uint16_t v8h __attribute__((vector_size(16)));
 
-static inline v8f load_f32(const float *p) {
+SR_INLINE v8f load_f32(const float *p) {
     v8f v;
     memcpy(&v, p, sizeof v);
     return v;
@@ -76,7 +82,7 @@ static inline v8f load_f32(const float *p) {
 
 /* exact IEEE half -> float of 8 values: shift the magnitude into float32 position and scale
  * by 2^112 (exact, subnormals included); inf/nan patterns are rebuilt separately */
-static inline v8f load_f16(const uint16_t *p) {
+SR_INLINE v8f load_f16(const uint16_t *p) {
     v8h hv;
     memcpy(&hv, p, sizeof hv);
     v8u h = __builtin_convertvector(hv, v8u);
@@ -95,7 +101,7 @@ static inline v8f load_f16(const uint16_t *p) {
 }
 
 /* query . row; is_half is the same for every call, so the compiler unswitches the loop */
-static inline float dot(const void *row, int32_t is_half, const float *q, int32_t dim) {
+SR_INLINE float dot(const void *row, int32_t is_half, const float *q, int32_t dim) {
     const float *xf = (const float *)row;
     const uint16_t *xh = (const uint16_t *)row;
     v8f a0 = {0}, a1 = {0};
@@ -139,6 +145,45 @@ static inline void sift_up(int32_t *rows, float *scores, int32_t i) {
     }
 }
 
+/* The k best (score, row) pairs seen so far, as a min-heap on "worse". */
+typedef struct {
+    int32_t *rows;
+    float *scores;
+    int32_t k, size;
+} top_k_heap;
+
+SR_INLINE void heap_offer(top_k_heap *h, float score, int32_t c) {
+    if (h->size < h->k) {
+        h->rows[h->size] = c; h->scores[h->size] = score;
+        sift_up(h->rows, h->scores, h->size);
+        h->size++;
+    } else if (worse(h->scores[0], h->rows[0], score, c)) {
+        h->rows[0] = c; h->scores[0] = score;
+        sift_down(h->rows, h->scores, h->size, 0);
+    }
+}
+
+SR_INLINE void prefetch_row(const char *row, int64_t row_bytes) {
+    for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(row + off);
+}
+
+/* Score a batch of distinct candidate rows, keeping SR_ROWS_AHEAD whole rows in flight:
+ * the rows are scattered over a large mapping, so the loads overlap instead of queueing. */
+SR_INLINE void score_batch(const int32_t *cand, int32_t n, const char *matrix,
+                               int64_t row_bytes, int32_t is_half, int32_t dim,
+                               const float *bias, const float *query, top_k_heap *h) {
+    for (int32_t i = 0; i < n && i < SR_ROWS_AHEAD; i++)
+        prefetch_row(matrix + (int64_t)cand[i] * row_bytes, row_bytes);
+    for (int32_t i = 0; i < n; i++) {
+        if (i + SR_ROWS_AHEAD < n)
+            prefetch_row(matrix + (int64_t)cand[i + SR_ROWS_AHEAD] * row_bytes, row_bytes);
+        int32_t c = cand[i];
+        float score = dot(matrix + (int64_t)c * row_bytes, is_half, query, dim);
+        if (bias) score += bias[c];
+        heap_offer(h, score, c);
+    }
+}
+
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
 #define SR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -157,8 +202,10 @@ int32_t sr_top_k(
     const float *query,
     uint32_t *seen, uint32_t *allow_mark, uint32_t epoch,
     int32_t k, int32_t *out_rows, float *out_scores, int32_t *out_n_candidates) {
-    int32_t size = 0, n_scored = 0;
     const int64_t row_bytes = (int64_t)dim * (is_half ? 2 : 4);
+    const char *mat = (const char *)matrix;
+    top_k_heap h = {out_rows, out_scores, k, 0};
+    int32_t batch[SR_BATCH], n_batch = 0, n_scored = 0;
     *out_n_candidates = 0;
     if (k <= 0) return 0;
 
@@ -168,30 +215,25 @@ int32_t sr_top_k(
     }
     for (int32_t i = 0; i < n_allowed; i++) allow_mark[allowed[i]] = epoch;
 
-    /* pass 0 visits the seeds themselves (when they may be returned), then their rows */
+    /* Two passes per batch: (1) merge the neighbor ids, dedupe and filter them (small
+     * random reads of seen/allow_mark/categories, prefetched SR_IDS_AHEAD ids ahead),
+     * (2) score the survivors. t = -1 visits the seed itself when it may be returned. */
     for (int32_t s = 0; s < n_seeds; s++) {
         const int32_t *row = neighbors + (int64_t)seeds[s] * row_width;
         for (int32_t t = exclude_seeds ? 0 : -1; t < n_use; t++) {
-            int32_t c = t < 0 ? seeds[s] : row[t];
-            if (t + SR_PREFETCH < n_use) {
-                /* rows are scattered over a large mapping: start loading one early */
-                int32_t p = row[t + SR_PREFETCH];
+            if (t + SR_IDS_AHEAD < n_use) {
+                int32_t p = row[t + SR_IDS_AHEAD];
                 if (p >= 0 && p < n_items) {
-                    const char *next = (const char *)matrix + (int64_t)p * row_bytes;
-                    for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(next + off);
                     __builtin_prefetch(&seen[p]);
+                    if (n_allowed_cats >= 0) __builtin_prefetch(&categories[p]);
                 }
             }
-            if (c < 0) {
-                if (c == -1) continue;
+            int32_t c = t < 0 ? seeds[s] : row[t];
+            if (c < -1 || c >= n_items) {
                 out_rows[0] = seeds[s];
                 return SR_ERR_NEIGHBOR_RANGE;
             }
-            if (c >= n_items) {
-                out_rows[0] = seeds[s];
-                return SR_ERR_NEIGHBOR_RANGE;
-            }
-            if (seen[c] == epoch) continue;
+            if (c == -1 || seen[c] == epoch) continue;
             seen[c] = epoch;
             if (n_allowed >= 0 && allow_mark[c] != epoch) continue;
             if (n_allowed_cats >= 0) {
@@ -201,25 +243,23 @@ int32_t sr_top_k(
                 }
                 if (!ok) continue;
             }
-            float score = dot((const char *)matrix + (int64_t)c * row_bytes, is_half, query, dim);
-            if (bias) score += bias[c];
-            n_scored++;
-            if (size < k) {
-                out_rows[size] = c; out_scores[size] = score;
-                sift_up(out_rows, out_scores, size);
-                size++;
-            } else if (worse(out_scores[0], out_rows[0], score, c)) {
-                out_rows[0] = c; out_scores[0] = score;
-                sift_down(out_rows, out_scores, size, 0);
+            batch[n_batch++] = c;
+            if (n_batch == SR_BATCH) {
+                score_batch(batch, n_batch, mat, row_bytes, is_half, dim, bias, query, &h);
+                n_scored += n_batch;
+                n_batch = 0;
             }
         }
     }
+    score_batch(batch, n_batch, mat, row_bytes, is_half, dim, bias, query, &h);
+    n_scored += n_batch;
+
     /* heap sort: move the worst to the end, leaving best first */
-    for (int32_t n = size - 1; n > 0; n--) {
+    for (int32_t n = h.size - 1; n > 0; n--) {
         float ts = out_scores[0]; out_scores[0] = out_scores[n]; out_scores[n] = ts;
         int32_t tr = out_rows[0]; out_rows[0] = out_rows[n]; out_rows[n] = tr;
         sift_down(out_rows, out_scores, n, 0);
     }
     *out_n_candidates = n_scored;
-    return size;
+    return h.size;
 }

@@ -42,6 +42,20 @@ class ItemIds:
         rows[self._sorted.take(pos) != ids] = -1
         return rows
 
+    def known(self, ids: np.ndarray) -> tuple[np.ndarray, int]:
+        """(int32 rows of the known ids, in input order; how many ids are unknown).
+
+        The request path's lookup: same answer as ``rows`` with the -1s dropped, in fewer
+        numpy calls when every id is known (the common case)."""
+        if ids.size == 0:
+            return np.empty(0, dtype=np.int32), 0
+        pos = self._sorted.searchsorted(ids)
+        np.minimum(pos, len(self._sorted) - 1, out=pos)
+        hit = self._sorted.take(pos) == ids
+        if hit.all():
+            return self._order.take(pos), 0
+        return self._order.take(pos[hit]), int(hit.size - np.count_nonzero(hit))
+
     def external(self, rows: np.ndarray) -> np.ndarray:
         """External ids of ``rows`` (a fresh array, not a view of the mapped file)."""
         return self.in_row_order.take(rows)

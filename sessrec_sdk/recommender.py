@@ -52,6 +52,8 @@ class _Served:
         self.n_items: int = m["n_items"]
         self.width: int = m["neighbors_per_item"]
         self._local = threading.local()
+        k, *rest = Recommender._options(self, None, None, None, None, None)
+        self.default_options_k, self.default_options = k, tuple(rest)
 
     def scratch(self) -> Scratch:
         """This thread's visited-stamp arrays (created on the thread's first call)."""
@@ -142,8 +144,13 @@ class Recommender:
         "neighbors" (the only policy of format v1 bundles).
         """
         s = self._served  # read once: a concurrent reload() never mixes two bundles
-        k, cat_filter, n_use, exclude_seen = self._options(
-            s, k, category_filter, neighbors, exclude_session_items, candidates)
+        if (category_filter is None and neighbors is None and exclude_session_items is None
+                and candidates is None):  # the common call: defaults validated at load
+            cat_filter, n_use, exclude_seen = s.default_options
+            k = s.default_options_k if k is None else self._check_k(s, k)
+        else:
+            k, cat_filter, n_use, exclude_seen = self._options(
+                s, k, category_filter, neighbors, exclude_session_items, candidates)
         known, unknown = self._known(s, session)
         excluded = self._rows(s, exclude, "exclude")
         allowed = None if allow is None else self._rows(s, allow, "allow")
@@ -175,14 +182,18 @@ class Recommender:
     # ------------------------------------------------------------------ helpers
 
     @staticmethod
-    def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, candidates):
-        d = s.defaults
-        k = d["k"] if k is None else k
+    def _check_k(s: _Served, k) -> int:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"k must be an int, got {type(k).__name__}")
         if k <= 0:
             raise ValueError(f"k must be >= 1, got {k}")
-        k = int(min(k, s.n_items))
+        return int(min(k, s.n_items))
+
+    @classmethod
+    def _options(cls, s: _Served, k, category_filter, neighbors, exclude_session_items,
+                 candidates):
+        d = s.defaults
+        k = cls._check_k(s, d["k"] if k is None else k)
         cat_filter = d["category_filter"] if category_filter is None else category_filter
         if cat_filter not in CATEGORY_FILTERS:
             raise ValueError(f"category_filter must be one of {CATEGORY_FILTERS}, "
@@ -209,9 +220,7 @@ class Recommender:
     def _known(s: _Served, session) -> tuple[np.ndarray, int]:
         """(rows of the session's known items, oldest first; count of unknown ids)."""
         ids = s.bundle.ids
-        rows = ids.rows(ids.coerce(session))
-        known = rows[rows >= 0]
-        return known, len(rows) - len(known)
+        return ids.known(ids.coerce(session))
 
     @staticmethod
     def _encoder_rows(s: _Served, window: np.ndarray) -> np.ndarray:
@@ -230,8 +239,7 @@ class Recommender:
     def _rows(s: _Served, ids, what: str) -> np.ndarray:
         if ids is None:
             return _NO_ROWS
-        rows = s.bundle.ids.rows(s.bundle.ids.coerce(ids, what))
-        return rows[rows >= 0]
+        return s.bundle.ids.known(s.bundle.ids.coerce(ids, what))[0]
 
     @staticmethod
     def _popular(s: _Served, k: int, excluded: np.ndarray, allowed: np.ndarray | None,

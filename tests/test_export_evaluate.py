@@ -12,6 +12,7 @@ from export_tools import data as D
 from export_tools.evaluate import (
     TransitionBaseline,
     evaluate,
+    evaluate_lists,
     list_rank,
     load_test_examples,
     plot,
@@ -191,7 +192,17 @@ def test_evaluate_rows_json_and_plot(tiny_run, tmp_path):
     for r in result["rows"]:
         assert 0 <= r["MRR@20"] <= r["HR@20"] <= 1 and r["HR@10"] <= r["HR@20"]
     sdk = next(r for r in result["rows"] if r["method"] == "grainrec/sdk")
-    assert sdk["latency_median_us"] > 0
+    assert sdk["latency_median_us"] > 0 and sdk["latency_calls"] > 0
+    # the memoised encoder changes nothing: the same rows from plain recommend() calls
+    inputs, targets = load_test_examples(root / "test.csv")
+    rec = Recommender.load(bundle)
+    for name, options in (("grainrec/sdk/session", {"category_filter": "session"}),
+                          ("grainrec/sdk/neighbors=5", {"neighbors": 5})):
+        plain = evaluate_lists(name, lambda x: rec.recommend(x, k=20, **options).item_ids,
+                               inputs, targets, progress=False)
+        row = next(r for r in result["rows"] if r["method"] == name)
+        assert {c: row[c] for c in plain if c != "method"} == \
+            {c: v for c, v in plain.items() if c != "method"}
     png = tmp_path / "e.png"
     plot(result, png)
     assert png.read_bytes()[:4] == b"\x89PNG"

@@ -7,9 +7,12 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from export_tools.synthetic import build_synthetic_bundle
 from sessrec_sdk import Recommendation, Recommender
+from sessrec_sdk.ids import ItemIds, sorted_index
 from sessrec_sdk.kernels import available_backends
 
 
@@ -239,3 +242,30 @@ def test_auto_backend_does_not_import_numba_when_c_exists(small_bundle):
             "print(r.backend, 'numba' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.split() == ["c", "False"], proc.stderr
+
+
+@given(catalog=st.lists(st.integers(-2**62, 2**62), min_size=1, max_size=40, unique=True),
+       extra=st.lists(st.integers(-2**63, 2**63 - 1), max_size=10), seed=st.integers(0, 99))
+@settings(max_examples=200, deadline=None)
+def test_known_lookup_matches_rows(catalog, extra, seed):
+    """ItemIds.known (the request path's lookup) == rows() with the unknown ids dropped."""
+    ids = ItemIds(np.array(catalog, dtype=np.int64), *sorted_index(np.array(catalog, np.int64)))
+    rng = np.random.default_rng(seed)
+    query = np.array(list(rng.choice(catalog, size=rng.integers(0, 8))) + extra, np.int64)
+    rng.shuffle(query)
+    rows = ids.rows(query)
+    known, unknown = ids.known(query)
+    assert known.dtype == np.int32
+    assert known.tolist() == rows[rows >= 0].tolist()
+    assert unknown == int((rows < 0).sum())
+
+
+def test_recommendation_is_read_only():
+    r = Recommendation(np.array([3, 1]), np.array([0.5, 0.25], np.float32))
+    with pytest.raises(AttributeError):
+        r.fallback = "x"
+    with pytest.raises(AttributeError):
+        del r.scores
+    with pytest.raises(ValueError):
+        r.item_ids[0] = 7
+    assert list(r) == [(3, 0.5), (1, 0.25)] and len(r) == 2

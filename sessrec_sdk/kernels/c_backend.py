@@ -7,7 +7,10 @@ from .._kernels import ffi, lib  # ImportError when the extension was not built
 from .common import CatalogArrays, KernelQuery, NeighborRangeError, Scratch
 
 ERR_NEIGHBOR_RANGE = -1
-_EMPTY = np.empty(0, dtype=np.int32)
+# resolved once: a type given as a string is parsed again on every from_buffer call
+_I32, _U32, _F32 = ffi.typeof("int32_t[]"), ffi.typeof("uint32_t[]"), ffi.typeof("float[]")
+_buf = ffi.from_buffer
+_top_k = lib.sr_top_k
 
 
 def _ptr(ctype: str, arr: np.ndarray | None):
@@ -36,26 +39,26 @@ class CKernel:
         ptrs = scratch.c_pointers
         if ptrs is None:  # first call on this thread: pin the scratch buffers once
             ptrs = scratch.c_pointers = (
-                ffi.from_buffer("uint32_t[]", scratch.seen, require_writable=True),
-                ffi.from_buffer("uint32_t[]", scratch.allow_mark, require_writable=True),
+                _buf(_U32, scratch.seen, require_writable=True),
+                _buf(_U32, scratch.allow_mark, require_writable=True),
                 ffi.new("int32_t *"))
         seen, allow_mark, n_cand = ptrs
         k = q.k
         out_rows = np.empty(k, dtype=np.int32)
         out_scores = np.empty(k, dtype=np.float32)
-        cats = _EMPTY if q.allowed_cats is None else q.allowed_cats
-        allowed = _EMPTY if q.allowed is None else q.allowed
-        n = lib.sr_top_k(
+        cats, allowed = q.allowed_cats, q.allowed
+        n = _top_k(
             self._matrix, self._is_half, self._n_items, self._dim, self._bias,
             self._neighbors, self._width, q.n_use,
-            ffi.from_buffer("int32_t[]", q.seeds), len(q.seeds), q.exclude_seeds,
-            self._categories, ffi.from_buffer("int32_t[]", cats),
-            -1 if q.allowed_cats is None else len(cats),
-            ffi.from_buffer("int32_t[]", q.excluded), len(q.excluded),
-            ffi.from_buffer("int32_t[]", allowed), -1 if q.allowed is None else len(allowed),
-            ffi.from_buffer("float[]", q.query), seen, allow_mark, scratch.next_epoch(),
-            k, ffi.from_buffer("int32_t[]", out_rows, require_writable=True),
-            ffi.from_buffer("float[]", out_scores, require_writable=True), n_cand)
+            _buf(_I32, q.seeds), len(q.seeds), q.exclude_seeds,
+            self._categories, ffi.NULL if cats is None else _buf(_I32, cats),
+            -1 if cats is None else len(cats),
+            _buf(_I32, q.excluded), len(q.excluded),
+            ffi.NULL if allowed is None else _buf(_I32, allowed),
+            -1 if allowed is None else len(allowed),
+            _buf(_F32, q.query), seen, allow_mark, scratch.next_epoch(),
+            k, _buf(_I32, out_rows, require_writable=True),
+            _buf(_F32, out_scores, require_writable=True), n_cand)
         if n == ERR_NEIGHBOR_RANGE:
             raise NeighborRangeError(int(out_rows[0]))
         return out_rows[:n], out_scores[:n], n_cand[0]
