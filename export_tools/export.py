@@ -12,10 +12,14 @@
    similarity of the item embeddings (both selectable);
 4. measure on the training sessions how often the next item shares the last item's
    category, any session item's category, or repeats a session item, and choose the
-   bundle's default category filter and "exclude session items" from those rates;
+   bundle's default "exclude session items" and a first default category filter from
+   those rates;
 5. write the bundle to a temporary directory, load it with the SDK and check that the SDK's
    scores equal the torch model's on sampled real sessions (including repeated items);
-   only then move it into place.
+6. when the checkpoint held out validation sessions (``sessrec train`` does), run the SDK on
+   them with each category filter and make the most accurate one (HR@20) the default: the
+   rates of step 4 say how often a filter keeps the next item, not whether ranking inside
+   fewer candidates wins; only then move the bundle into place.
 """
 from __future__ import annotations
 
@@ -161,6 +165,28 @@ def choose_defaults(stats: dict, neighbors: int) -> dict:
             "exclude_session_items": stats["next_repeats_session_item"] < REPEAT_RATE_TO_KEEP_SEEN}
 
 
+def category_filter_by_validation(bundle: Path, valid_rows: list[np.ndarray],
+                                  catalog: D.Catalog, progress: bool) -> dict:
+    """HR@20 of the SDK on held-out sessions (last item = target) for each category filter,
+    best first (ties keep the order none, last, session: the least restrictive wins)."""
+    from sessrec_sdk import Recommender
+
+    from .evaluate import MemoEncoder, evaluate_lists
+
+    rec = Recommender.load(bundle)
+    rec._served.encoder = MemoEncoder(rec._served.encoder)  # one encoder run per session
+    ids = np.asarray(catalog.item_ids)
+    sessions = [s for s in (np.asarray(v) for v in valid_rows) if (s >= 0).all() and len(s) >= 2]
+    inputs, targets = [ids[s[:-1]] for s in sessions], ids[[s[-1] for s in sessions]]
+    hr = {}
+    for f in ("none", "last", "session"):
+        row = evaluate_lists(f"validation/sdk/{f}",
+                             lambda x, f=f: rec.recommend(x, k=20, category_filter=f).item_ids,
+                             inputs, targets, progress)
+        hr[f] = round(row["HR@20"], 6)
+    return dict(sorted(hr.items(), key=lambda kv: -kv[1]))
+
+
 def popularity(sessions_rows: list[np.ndarray], n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows by training-event count (ties by row) and each one's share of the events."""
     counts = np.bincount(np.concatenate(sessions_rows), minlength=n_items).astype(np.float64)
@@ -225,11 +251,15 @@ def export_bundle(
     similarity: str = "model",
     max_session_length: int = 3,
     session_filter: str | None = None,
+    category_filter: str | None = None,
     n_parity: int = 200,
     overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[Path, dict]:
-    """Export a checkpoint to a bundle; returns (path, report with timings and parity)."""
+    """Export a checkpoint to a bundle; returns (path, report with timings and parity).
+
+    ``category_filter``: the bundle's default filter; None chooses it on the checkpoint's
+    validation sessions (or, without them, from the training-data rates)."""
     import onnx
     import onnxruntime
     import torch
@@ -272,12 +302,10 @@ def export_bundle(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-    try:
-        t = time.perf_counter()
-        export_encoder(model, work / "encoder.onnx")
-        report["onnx_export_seconds"] = round(time.perf_counter() - t, 2)
-        candidate = write_bundle(
-            work / "bundle", encoder=work / "encoder.onnx", item_matrix=matrix,
+
+    def write(name: str, defaults: dict) -> Path:
+        return write_bundle(
+            work / name, encoder=work / "encoder.onnx", item_matrix=matrix,
             neighbors=nbrs, item_ids=np.asarray(catalog.item_ids), popularity=pop,
             popularity_scores=pop_scores, item_category=np.asarray(catalog.categories),
             model={"kind": config["model"], "config": model.config,
@@ -290,8 +318,22 @@ def export_bundle(
             defaults=defaults, data_stats=stats,
             tool_versions={"torch": torch.__version__, "onnx": onnx.__version__,
                            "onnxruntime": onnxruntime.__version__})
+
+    try:
+        t = time.perf_counter()
+        export_encoder(model, work / "encoder.onnx")
+        report["onnx_export_seconds"] = round(time.perf_counter() - t, 2)
+        candidate = write("bundle", defaults)
         report["parity"] = check_parity(candidate, model, catalog,
                                         parity_sessions(sessions, n_parity))
+        if category_filter is None and config.get("valid_fraction"):
+            _, valid = D.split_validation(sessions, config["valid_fraction"], config["seed"])
+            hr = category_filter_by_validation(candidate, valid, catalog, progress)
+            stats = {**stats, "validation_hr20_by_category_filter": hr}
+            category_filter = next(iter(hr))
+        if category_filter is not None:  # the final manifest (defaults, stats) differs
+            defaults = {**defaults, "category_filter": category_filter}
+            candidate = write("bundle-final", defaults)
         if out.exists():
             shutil.rmtree(out)
         os.replace(candidate, out)
@@ -315,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="items of a session the SDK encodes (paper: 3)")
     p.add_argument("--session-filter", choices=["none", "last_category"], default=None,
                    help="default: last_category if the model was trained that way")
+    p.add_argument("--category-filter", choices=["none", "last", "session"], default=None,
+                   help="the bundle's default category filter (default: the most accurate "
+                   "on the checkpoint's validation sessions)")
     p.add_argument("--train", help="training event CSV (default: the checkpoint's)")
     p.add_argument("--items", help="items CSV (default: the checkpoint's)")
     p.add_argument("--parity-sessions", type=int, default=200)
@@ -330,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             args.checkpoint, args.out, train_csv=args.train, items_csv=args.items,
             neighbors=args.neighbors, similarity=args.similarity,
             max_session_length=args.max_session_length, session_filter=args.session_filter,
+            category_filter=args.category_filter,
             n_parity=args.parity_sessions, overwrite=args.overwrite,
             progress=not args.no_progress)
     except (ParityError, FileExistsError, ValueError) as exc:

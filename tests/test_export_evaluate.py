@@ -160,6 +160,10 @@ def test_export_parity_and_round_trip(tiny_run):
     assert m["inference"] == {"max_session_length": 3, "session_filter":
                               "last_category" if trained_filtered else "none"}
     assert 0 < m["data_stats"]["next_same_last_category"] <= 1
+    # the default category filter is the most accurate one on the validation sessions
+    hr = m["data_stats"]["validation_hr20_by_category_filter"]
+    assert set(hr) == {"none", "last", "session"} and all(0 <= v <= 1 for v in hr.values())
+    assert m["defaults"]["category_filter"] == max(hr, key=hr.get)
     catalog_ids = np.load(ckpt / "item_ids.npy")
     np.testing.assert_array_equal(rec.item_ids, catalog_ids)
     out = rec.recommend(catalog_ids[:3].tolist(), k=10)
