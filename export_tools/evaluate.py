@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write {'rows': [...], 'info': {...}} here")
     p.add_argument("--plot", help="write a PNG of accuracy and latency vs neighbors")
     p.add_argument("--limit", type=int, help="evaluate only the first N test sessions")
-    p.add_argument("--latency-sessions", type=int, default=LATENCY_SESSIONS,
+    p.add_argument("--latency-sessions", type=lambda v: max(1, int(v)), default=LATENCY_SESSIONS,
                    help=f"timed recommend() calls per SDK row (default {LATENCY_SESSIONS})")
     p.add_argument("--no-progress", action="store_true")
     return p

@@ -244,8 +244,9 @@ def _make_optimizer(model, train_cfg):
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
     if kind == "adamw":
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        groups = [{"params": [p for n, p in named if not n.endswith("bias")]},
-                  {"params": [p for n, p in named if n.endswith("bias")], "weight_decay": 0.0}]
+        no_decay = [p for n, p in named if "bias" in n or ".act." in n]  # as LESSR
+        decay = [p for n, p in named if not ("bias" in n or ".act." in n)]
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
     raise ValueError(f"optimizer must be 'adam' or 'adamw', got {kind!r}")
 
@@ -351,6 +352,9 @@ def _train(model_name, preset, train_sessions_rows, catalog, out_dir, *, overrid
             raise ValueError(f"cannot resume: training settings differ: {sorted(changed)}")
         state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
+        if len(state["optimizer"]["param_groups"]) != len(opt.param_groups):
+            raise ValueError("cannot resume: the checkpoint's optimizer state comes from an "
+                             "older sessrec (one parameter group); train from scratch")
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = int(state["epoch"])

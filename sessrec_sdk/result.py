@@ -43,6 +43,10 @@ class Recommendation:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"Recommendation is read-only (cannot delete {name!r})")
 
+    def __reduce__(self):  # pickle / copy rebuild through __init__, not setattr
+        return (Recommendation, (self.item_ids, self.scores, self.fallback, self.unknown,
+                                 self.n_candidates))
+
     def __len__(self) -> int:
         return len(self.item_ids)
 

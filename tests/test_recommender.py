@@ -269,3 +269,12 @@ def test_recommendation_is_read_only():
     with pytest.raises(ValueError):
         r.item_ids[0] = 7
     assert list(r) == [(3, 0.5), (1, 0.25)] and len(r) == 2
+
+
+def test_recommendation_pickles_and_copies():
+    import copy
+    import pickle
+
+    r = Recommendation(np.array([3, 1]), np.array([0.5, 0.25], np.float32), None, 2, 7)
+    for twin in (pickle.loads(pickle.dumps(r)), copy.copy(r), copy.deepcopy(r)):
+        assert twin.item_ids.tolist() == [3, 1] and twin.unknown == 2 and twin.n_candidates == 7
