@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         train_csv = cfg.get("data", {}).get("train")
     t0 = time.perf_counter()
     result = evaluate(args.bundle, args.test, train_csv=train_csv, checkpoint=args.checkpoint,
-                      limit=args.limit, latency_sessions=args.latency_sessions, progress=not args.no_progress and sys.stderr.isatty())
+                      limit=args.limit, latency_sessions=args.latency_sessions,
+                      progress=not args.no_progress and sys.stderr.isatty())
     result["info"]["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

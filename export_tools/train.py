@@ -243,9 +243,10 @@ def _make_optimizer(model, train_cfg):
     if kind == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
     if kind == "adamw":
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        no_decay = [p for n, p in named if "bias" in n or ".act." in n]  # as LESSR
-        decay = [p for n, p in named if not ("bias" in n or ".act." in n)]
+        decay, no_decay = [], []
+        for n, p in model.named_parameters():
+            if p.requires_grad:  # LESSR: no decay on biases and activation (PReLU) slopes
+                (no_decay if "bias" in n or ".act." in n else decay).append(p)
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
     raise ValueError(f"optimizer must be 'adam' or 'adamw', got {kind!r}")

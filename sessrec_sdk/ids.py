@@ -32,14 +32,19 @@ class ItemIds:
     def __len__(self) -> int:
         return len(self.in_row_order)
 
+    def _find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position in the sorted ids, whether the id is there) of each non-empty ``ids``."""
+        pos = self._sorted.searchsorted(ids)
+        np.minimum(pos, len(self._sorted) - 1, out=pos)
+        return pos, self._sorted.take(pos) == ids
+
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """int32 rows of already-coerced ids (see :meth:`coerce`), -1 where unknown."""
         if ids.size == 0:
             return np.empty(0, dtype=np.int32)
-        pos = self._sorted.searchsorted(ids)
-        np.minimum(pos, len(self._sorted) - 1, out=pos)
+        pos, hit = self._find(ids)
         rows = self._order.take(pos)
-        rows[self._sorted.take(pos) != ids] = -1
+        rows[~hit] = -1
         return rows
 
     def known(self, ids: np.ndarray) -> tuple[np.ndarray, int]:
@@ -49,9 +54,7 @@ class ItemIds:
         numpy calls when every id is known (the common case)."""
         if ids.size == 0:
             return np.empty(0, dtype=np.int32), 0
-        pos = self._sorted.searchsorted(ids)
-        np.minimum(pos, len(self._sorted) - 1, out=pos)
-        hit = self._sorted.take(pos) == ids
+        pos, hit = self._find(ids)
         if hit.all():
             return self._order.take(pos), 0
         return self._order.take(pos[hit]), int(hit.size - np.count_nonzero(hit))

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 
+@dataclass(frozen=True, eq=False)
 class Recommendation:
     """Top items and their scores, best first (read-only numpy arrays).
 
@@ -16,36 +18,16 @@ class Recommendation:
     rows the kernel scored.
     """
 
-    __slots__ = ("item_ids", "scores", "fallback", "unknown", "n_candidates")
-
     item_ids: np.ndarray
     scores: np.ndarray
-    fallback: str | None
-    unknown: int
-    n_candidates: int
+    fallback: str | None = None
+    unknown: int = 0
+    n_candidates: int = 0
 
-    def __init__(self, item_ids: np.ndarray, scores: np.ndarray, fallback: str | None = None,
-                 unknown: int = 0, n_candidates: int = 0) -> None:
-        # a slotted class instead of a frozen dataclass: same read-only surface, a few µs
-        # less per call (frozen dataclasses set each field through object.__setattr__)
-        item_ids.setflags(write=False)
-        scores.setflags(write=False)
-        _set = object.__setattr__
-        _set(self, "item_ids", item_ids)
-        _set(self, "scores", scores)
-        _set(self, "fallback", fallback)
-        _set(self, "unknown", unknown)
-        _set(self, "n_candidates", n_candidates)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"Recommendation is read-only (cannot set {name!r})")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"Recommendation is read-only (cannot delete {name!r})")
-
-    def __reduce__(self):  # pickle / copy rebuild through __init__, not setattr
-        return (Recommendation, (self.item_ids, self.scores, self.fallback, self.unknown,
-                                 self.n_candidates))
+    def __post_init__(self) -> None:
+        # setflags: a few tenths of a µs cheaper per call than assigning flags.writeable
+        self.item_ids.setflags(write=False)
+        self.scores.setflags(write=False)
 
     def __len__(self) -> int:
         return len(self.item_ids)

@@ -202,7 +202,7 @@ def test_evaluate_rows_json_and_plot(tiny_run, tmp_path):
     rec = Recommender.load(bundle)
     for name, options in (("grainrec/sdk/session", {"category_filter": "session"}),
                           ("grainrec/sdk/neighbors=5", {"neighbors": 5})):
-        plain = evaluate_lists(name, lambda x: rec.recommend(x, k=20, **options).item_ids,
+        plain = evaluate_lists(name, lambda x, o=options: rec.recommend(x, k=20, **o).item_ids,
                                inputs, targets, progress=False)
         row = next(r for r in result["rows"] if r["method"] == name)
         assert {c: row[c] for c in plain if c != "method"} == \
