@@ -25,7 +25,8 @@ ffi.set_source(
              if HERE.is_relative_to(Path.cwd()) else str(HERE / "sessrec_kernels.c")],
     include_dirs=[str(HERE)],
     # -ffp-contract=off: no fused multiply-add, so C, Numba and numpy round alike.
-    extra_compile_args=["-O3", "-ffp-contract=off", "-fno-math-errno", "-std=c99"],
+    extra_compile_args=["-O3", "-ffp-contract=off", "-fno-math-errno", "-std=c99",
+                        "-Wno-psabi"],  # AVX vector types inside the target clones,
 )
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ static inline float fold_lanes(float *acc) {
 /* GCC/clang vector extensions: 16 lanes as two 8-float vectors, element i in lane i % 16,
  * exactly the scalar definition above; the compiler maps them to SSE or AVX registers. */
 typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
 typedef uint32_t v8u __attribute__((vector_size(32)));
 typedef uint16_t v8h __attribute__((vector_size(16)));
 
@@ -100,8 +101,18 @@ SR_INLINE v8f load_f16(const uint16_t *p) {
     return out;
 }
 
-/* query . row; is_half is the same for every call, so the compiler unswitches the loop */
-SR_INLINE float dot(const void *row, int32_t is_half, const float *q, int32_t dim) {
+/* the pairwise lane fold of the contract, in registers: lanes j + j+8, then j + j+4 (high
+ * half onto low half), then j + j+2, then lane 0 + lane 1 */
+SR_INLINE float fold_vectors(v8f a0, v8f a1) {
+    v8f s = a0 + a1;
+    v4f lo = {s[0], s[1], s[2], s[3]}, hi = {s[4], s[5], s[6], s[7]};
+    lo += hi;
+    return (lo[0] + lo[2]) + (lo[1] + lo[3]);
+}
+
+/* query . row. is_half is a constant at every call site (score_batch is instantiated per
+ * element type), so each instance has a branch-free loop. */
+SR_INLINE float dot(const void *row, const int32_t is_half, const float *q, int32_t dim) {
     const float *xf = (const float *)row;
     const uint16_t *xh = (const uint16_t *)row;
     v8f a0 = {0}, a1 = {0};
@@ -110,6 +121,7 @@ SR_INLINE float dot(const void *row, int32_t is_half, const float *q, int32_t di
         a0 += (is_half ? load_f16(xh + i) : load_f32(xf + i)) * load_f32(q + i);
         a1 += (is_half ? load_f16(xh + i + 8) : load_f32(xf + i + 8)) * load_f32(q + i + 8);
     }
+    if (i == dim) return fold_vectors(a0, a1);
     float acc[SR_LANES];
     memcpy(acc, &a0, sizeof a0);
     memcpy(acc + 8, &a1, sizeof a1);
@@ -184,6 +196,14 @@ SR_INLINE void score_batch(const int32_t *cand, int32_t n, const char *matrix,
     }
 }
 
+/* one branch per batch instead of one per element: each arm inlines a constant is_half */
+SR_INLINE void score_batch_typed(const int32_t *cand, int32_t n, const char *matrix,
+                                 int64_t row_bytes, int32_t is_half, int32_t dim,
+                                 const float *bias, const float *query, top_k_heap *h) {
+    if (is_half) score_batch(cand, n, matrix, row_bytes, 1, dim, bias, query, h);
+    else score_batch(cand, n, matrix, row_bytes, 0, dim, bias, query, h);
+}
+
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
 #define SR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -245,13 +265,13 @@ int32_t sr_top_k(
             }
             batch[n_batch++] = c;
             if (n_batch == SR_BATCH) {
-                score_batch(batch, n_batch, mat, row_bytes, is_half, dim, bias, query, &h);
+                score_batch_typed(batch, n_batch, mat, row_bytes, is_half, dim, bias, query, &h);
                 n_scored += n_batch;
                 n_batch = 0;
             }
         }
     }
-    score_batch(batch, n_batch, mat, row_bytes, is_half, dim, bias, query, &h);
+    score_batch_typed(batch, n_batch, mat, row_bytes, is_half, dim, bias, query, &h);
     n_scored += n_batch;
 
     /* heap sort: move the worst to the end, leaving best first */
