@@ -25,8 +25,10 @@ ffi.set_source(
              if HERE.is_relative_to(Path.cwd()) else str(HERE / "sessrec_kernels.c")],
     include_dirs=[str(HERE)],
     # -ffp-contract=off: no fused multiply-add, so C, Numba and numpy round alike.
+    # -Wno-psabi: GCC notes the ABI of AVX vector types in the non-AVX clone; the
+    # functions taking them are always inlined, so no such ABI is ever crossed.
     extra_compile_args=["-O3", "-ffp-contract=off", "-fno-math-errno", "-std=c99",
-                        "-Wno-psabi"],  # AVX vector types inside the target clones,
+                        "-Wno-psabi"],
 )
 
 if __name__ == "__main__":
