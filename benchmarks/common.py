@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -154,16 +155,30 @@ def ensure_bundle(spec: BundleSpec) -> Path:
 
 
 def warm_page_cache(path: Path) -> float:
-    """Read every file of a bundle once so it sits in the OS page cache: latency is measured
-    on a warm cache (a server that has been up for a while), never on disk reads. A bundle
-    built or used long ago may have been partly evicted. Returns the seconds it took."""
+    """Put a bundle in the OS page cache as ``sessrec warm`` does (in 2 MB pages where the
+    kernel allows): latency is measured on a server in steady state, never on disk reads.
+    Returns the seconds it took."""
+    from sessrec_sdk.pages import warm
+
     t0 = time.perf_counter()
-    for f in sorted(Path(path).iterdir()):
-        if f.is_file():
-            with open(f, "rb", buffering=0) as fh:
-                while fh.read(16 << 20):
-                    pass
+    for f in warm(path):
+        if f.huge_page_share is not None:
+            log(f"{Path(path).name}/{f.name}: {f.huge_page_share:.0%} in 2 MB pages"
+                + (" (4 KB pages dropped and read again)" if f.dropped else ""))
     return time.perf_counter() - t0
+
+
+def small_page_copy(spec: BundleSpec) -> Path:
+    """A copy of the cached bundle of ``spec`` written by a plain file copy, so that its page
+    cache holds 4 KB pages (a bundle deployed with ``cp`` and never warmed). Rewritten on
+    every call: pages of an older copy may since have been evicted and read back in 2 MB."""
+    src = ensure_bundle(spec)
+    out = cache_root() / "bench-bundles-4k" / spec.key
+    with file_lock(out.with_name(f".{out.name}.lock")):
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(src, out)
+    return out
 
 
 def all_specs(p: Profile) -> list[BundleSpec]:
@@ -330,9 +345,18 @@ def machine_info() -> dict:
         "hypervisor": lscpu.get("Hypervisor vendor"),
         "ram_gib": round(mem_kb / 2**20, 1),
         "kernel": platform.release(),
+        "transparent_hugepage": _read_first(
+            "/sys/kernel/mm/transparent_hugepage/enabled"),
         "versions": versions,
         "git_commit": commit + (" (sessrec_sdk/csrc modified)" if dirty else ""),
     }
+
+
+def _read_first(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
 
 
 def loadavg() -> list[float]:

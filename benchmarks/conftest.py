@@ -54,15 +54,23 @@ class Suite:
         self._pools: dict = {}
         self._alts: dict = {}
 
-    def rec(self, spec: C.BundleSpec, backend: str | None = None):
+    def rec(self, spec: C.BundleSpec, backend: str | None = None, pages: str = "steady"):
+        """A recommender on the cached bundle of ``spec``. ``pages``: "steady" (a server
+        that has been up a while: page cache in 2 MB pages where the kernel allows, every
+        page mapped), "lazy" (same cache, pages mapped on first touch, as right after
+        ``load()``) or "4k" (a copy whose cache holds 4 KB pages, as after ``cp``)."""
         from sessrec_sdk import Recommender
 
         backend = backend or self.p.backend
-        key = (spec.key, backend)
+        key = (spec.key, backend, pages)
         if key not in self._recs:
-            path = C.ensure_bundle(spec)
-            C.warm_page_cache(path)
-            self._recs[key] = Recommender.load(path, backend=backend, verify=False)
+            if pages == "4k":
+                path = C.small_page_copy(spec)
+            else:
+                path = C.ensure_bundle(spec)
+                C.warm_page_cache(path)
+            self._recs[key] = Recommender.load(path, backend=backend, verify=False,
+                                               prefault=pages != "lazy")
         return self._recs[key]
 
     def grainrec(self, backend: str | None = None):
@@ -75,7 +83,8 @@ class Suite:
         key = ("grainrec", backend)
         if key not in self._recs:
             C.warm_page_cache(path)
-            self._recs[key] = Recommender.load(path, backend=backend, verify=False)
+            self._recs[key] = Recommender.load(path, backend=backend, verify=False,
+                                               prefault=True)
         return self._recs[key]
 
     def pool(self, rec, length: int, traffic: str) -> list:
@@ -112,7 +121,8 @@ def suite(profile) -> Suite:
 
 @pytest.fixture
 def measure(benchmark, profile):
-    """``measure(fn, pool, **info)``: time ``fn(item)`` over the rotating pool."""
+    """``measure(fn, pool, **info)``: time ``fn(item)`` over the rotating pool. A callable
+    info value is called after the timed rounds (so its own calls do not warm them)."""
 
     def run(fn, pool, *, group: str, warmup: int | None = None, **info):
         rot = C.Rotation(pool)
@@ -126,13 +136,15 @@ def measure(benchmark, profile):
         rounds = int(np.clip(profile.budget_s / max(per_call, 1e-9), profile.min_rounds,
                              profile.max_rounds))
         benchmark.group = group
-        benchmark.extra_info.update(info)
+        later = {key: v for key, v in info.items() if callable(v)}  # computed after timing
+        benchmark.extra_info.update({key: v for key, v in info.items() if key not in later})
         benchmark.extra_info.update(profile=profile.name, rounds=rounds,
                                     loadavg_before=C.loadavg())
         with C.OtherLoad() as other:
             result = benchmark.pedantic(fn, setup=lambda: ((rot.next(),), {}), rounds=rounds,
                                         iterations=1, warmup_rounds=0)
         benchmark.extra_info["loadavg_after"] = C.loadavg()
+        benchmark.extra_info.update({key: v() for key, v in later.items()})
         benchmark.extra_info["other_cpu_cores"] = other.cores
         return result
 

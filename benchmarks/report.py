@@ -582,6 +582,16 @@ def build(results: Path, out: Path, plot_path: Path | None = None) -> dict:
         "",
         sweep_table(benches, "item dtype", "dtype"),
         "",
+        "### Memory pages (the reference bundle)",
+        "",
+        "steady: page cache in 2 MB pages where the kernel allows (`sessrec warm`) and every "
+        "page mapped (`Recommender.load(prefault=True)`), as in every other row; lazy: same "
+        "page cache, pages mapped on first touch (a server just started without prefault); "
+        "4k: a copy of the bundle whose page cache holds 4 KB pages (written by a file copy "
+        "and never warmed). See sessrec_sdk/pages.py.",
+        "",
+        sweep_table(benches, "memory pages", "pages"),
+        "",
         "### GRAINRec bundle (sessrec)",
         "",
         (table(["traffic", "median", "p99", "candidates", "rounds"],

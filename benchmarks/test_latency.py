@@ -12,17 +12,18 @@ P = C.profile_from_env()
 TRAFFIC = pytest.mark.parametrize("traffic", C.TRAFFIC)
 
 
-def _bench(measure, suite, spec, *, axis, traffic, length=None, backend=None, k=None):
+def _bench(measure, suite, spec, *, axis, traffic, length=None, backend=None, k=None,
+           pages="steady"):
     p = suite.p
     length = length or p.session_len
     k = k or p.k
-    rec = suite.rec(spec, backend)
+    rec = suite.rec(spec, backend, pages)
     pool = suite.pool(rec, length, traffic)
     measure(lambda s: rec.recommend(s, k=k), pool, group=f"recommend vs {axis}",
             suite="latency", method="sessrec", axis=axis, traffic=traffic,
             n_items=spec.n_items, dim=spec.dim, K=spec.K, dtype=spec.dtype,
-            backend=rec.backend, session_len=length, k=k,
-            candidates=mean_candidates(rec, pool, k))
+            backend=rec.backend, session_len=length, k=k, pages=pages,
+            candidates=lambda: mean_candidates(rec, pool, k))
 
 
 @TRAFFIC
@@ -65,6 +66,15 @@ def test_backend(measure, suite, backend, traffic):
 @pytest.mark.parametrize("dtype", P.dtypes)
 def test_dtype(measure, suite, dtype, traffic):
     _bench(measure, suite, P.spec(dtype=dtype), axis="item dtype", traffic=traffic)
+
+
+@TRAFFIC
+@pytest.mark.parametrize("pages", ("steady", "lazy", "4k"))
+def test_memory_pages(measure, suite, pages, traffic):
+    """The reference bundle in steady state (as every other row) and away from it: pages
+    mapped on first touch (a server just started, without ``prefault``), or a page cache in
+    4 KB pages (a bundle copied in with ``cp`` and never warmed; see sessrec_sdk/pages.py)."""
+    _bench(measure, suite, P.ref, axis="memory pages", traffic=traffic, pages=pages)
 
 
 # ------------------------------------------------------------------ the GRAINRec bundle

@@ -21,6 +21,7 @@ import numpy as np
 
 from ._version import __version__
 from .ids import INT64_MIN, ItemIds, sorted_index
+from .pages import drop_cached
 
 FORMAT_VERSION = 1
 
@@ -92,6 +93,14 @@ class Bundle:
     @property
     def encoder_path(self) -> Path:
         return self.path / ENCODER
+
+    def arrays(self) -> list[np.ndarray]:
+        """Every memory-mapped array, each once."""
+        arrs = [self.item_matrix, self.neighbors, self.item_category, self.item_bias,
+                self.input_embedding, self.popularity, self.popularity_scores,
+                self.ids.in_row_order, self.ids.sorted_ids, self.ids.order]
+        unique = {id(a): a for a in arrs if a is not None}
+        return list(unique.values())
 
 
 # --------------------------------------------------------------------------- checks
@@ -357,6 +366,7 @@ def write_bundle(
         for name in sorted([ENCODER, *arrays]):
             manifest["files"][name] = {"sha256": sha256_of(tmp / name),
                                        "bytes": (tmp / name).stat().st_size}
+            drop_cached(tmp / name)  # durable before the rename; read back in 2 MB pages
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp, out)
     except BaseException:

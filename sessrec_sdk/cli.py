@@ -1,6 +1,6 @@
 """The ``sessrec`` command line (also ``python -m sessrec_sdk``).
 
-Runtime commands (``inspect``, ``recommend``) need only the runtime; ``synth``, ``train``,
+Runtime commands (``inspect``, ``warm``, ``recommend``) need only the runtime; ``synth``, ``train``,
 ``export`` and ``evaluate`` import the export tools lazily, and ``bench`` runs the
 benchmark suite, so ``sessrec --help`` stays fast and light.
 """
@@ -49,6 +49,20 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"written by   {json.dumps(m['created_by'])}")
     print(f"backend      {rec.backend}")
     print(f"load         {load_ms:.1f} ms")
+    return 0
+
+
+def _warm(args: argparse.Namespace) -> int:
+    from .pages import warm
+
+    if not (args.bundle / "manifest.json").is_file():
+        raise ValueError(f"{args.bundle}: not a sessrec bundle (no manifest.json)")
+    t0 = time.perf_counter()
+    for f in warm(args.bundle):
+        share = "" if f.huge_page_share is None else f"  2 MB pages {f.huge_page_share:4.0%}"
+        note = "  (4 KB pages dropped, read again)" if f.dropped else ""
+        print(f"{f.name:24s} {f.bytes / 2**20:10,.1f} MiB{share}{note}")
+    print(f"warmed in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -109,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--verify", action="store_true", default=None,
                    help="check every sha256 and id range, whatever the size")
     i.set_defaults(func=_inspect)
+
+    w = sub.add_parser("warm", help="read a bundle into the page cache in 2 MB pages "
+                                    "(after copying it into place, before servers start)")
+    w.add_argument("bundle", type=Path)
+    w.set_defaults(func=_warm)
 
     r = sub.add_parser("recommend", help="recommend for one session given on the command line")
     r.add_argument("bundle", type=Path)

@@ -25,8 +25,8 @@ class ItemIds:
 
     def __init__(self, in_row_order: np.ndarray, sorted_ids: np.ndarray, order: np.ndarray):
         self.in_row_order = in_row_order
-        self._sorted = sorted_ids
-        self._order = order
+        self.sorted_ids = sorted_ids
+        self.order = order
         self.kind = "str" if in_row_order.dtype.kind == "U" else "int"
 
     def __len__(self) -> int:
@@ -34,16 +34,16 @@ class ItemIds:
 
     def _find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(position in the sorted ids, whether the id is there) of each non-empty ``ids``."""
-        pos = self._sorted.searchsorted(ids)
-        np.minimum(pos, len(self._sorted) - 1, out=pos)
-        return pos, self._sorted.take(pos) == ids
+        pos = self.sorted_ids.searchsorted(ids)
+        np.minimum(pos, len(self.sorted_ids) - 1, out=pos)
+        return pos, self.sorted_ids.take(pos) == ids
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """int32 rows of already-coerced ids (see :meth:`coerce`), -1 where unknown."""
         if ids.size == 0:
             return np.empty(0, dtype=np.int32)
         pos, hit = self._find(ids)
-        rows = self._order.take(pos)
+        rows = self.order.take(pos)
         rows[~hit] = -1
         return rows
 
@@ -56,8 +56,8 @@ class ItemIds:
             return np.empty(0, dtype=np.int32), 0
         pos, hit = self._find(ids)
         if hit.all():
-            return self._order.take(pos), 0
-        return self._order.take(pos[hit]), int(hit.size - np.count_nonzero(hit))
+            return self.order.take(pos), 0
+        return self.order.take(pos[hit]), int(hit.size - np.count_nonzero(hit))
 
     def external(self, rows: np.ndarray) -> np.ndarray:
         """External ids of ``rows`` (a fresh array, not a view of the mapped file)."""

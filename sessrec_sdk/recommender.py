@@ -29,11 +29,19 @@ from .bundle import (
     CorruptFileError,
     read_bundle,
 )
+from . import pages
 from .encoder import SessionEncoder
 from .kernels import CatalogArrays, KernelQuery, NeighborRangeError, Scratch, make_kernel
 from .result import Recommendation
 
 _NO_ROWS = np.empty(0, dtype=np.int32)
+
+
+def _read(path: str | os.PathLike, verify: bool | None, prefault: bool) -> Bundle:
+    bundle = read_bundle(path, verify=verify)
+    if prefault:
+        pages.prefault(bundle.arrays())
+    return bundle
 
 
 class _Served:
@@ -78,17 +86,22 @@ class Recommender:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, backend: str = "auto",
-             verify: bool | None = None) -> Recommender:
+             verify: bool | None = None, prefault: bool = False) -> Recommender:
         """Memory-map a bundle and open its encoder.
 
         ``backend``: "auto" (C, else Numba, else numpy), "c", "numba" or "numpy".
         ``verify``: see :func:`sessrec_sdk.bundle.read_bundle` (None = verify small bundles).
+        ``prefault``: map every page of the bundle now, so that early requests pay no
+        page faults. Load then takes as long as reading the bundle (from the page cache
+        or disk), and RSS counts the whole bundle (shared page cache).
+        See :mod:`sessrec_sdk.pages`.
         """
-        return cls(_Served(read_bundle(path, verify=verify), backend))
+        return cls(_Served(_read(path, verify, prefault), backend))
 
-    def reload(self, path: str | os.PathLike, *, verify: bool | None = None) -> None:
+    def reload(self, path: str | os.PathLike, *, verify: bool | None = None,
+               prefault: bool = False) -> None:
         """Load another bundle on the same backend and switch to it in one assignment."""
-        self._served = _Served(read_bundle(path, verify=verify), self.backend)
+        self._served = _Served(_read(path, verify, prefault), self.backend)
 
     @property
     def backend(self) -> str:
