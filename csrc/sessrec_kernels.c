@@ -283,3 +283,34 @@ int32_t sr_top_k(
     *out_n_candidates = n_scored;
     return h.size;
 }
+
+/* Rows of a session's integer ids: one lower-bound binary search per id in sorted_ids
+ * [n] (rows in that order: order[n]), all ids stepping in lockstep so that their cache
+ * misses overlap instead of queueing (numpy's searchsorted finishes one id before the
+ * next). Writes the rows of the ids found, in input order, to out_rows; returns how many
+ * (the others are unknown). */
+#define SR_FIND_CHUNK 64
+int32_t sr_find_int64(
+    const int64_t *sorted_ids, const int32_t *order, int64_t n,
+    const int64_t *ids, int32_t n_ids, int32_t *out_rows) {
+    int32_t n_found = 0;
+    if (n <= 0) return 0;
+    for (int32_t start = 0; start < n_ids; start += SR_FIND_CHUNK) {
+        int32_t m = n_ids - start < SR_FIND_CHUNK ? n_ids - start : SR_FIND_CHUNK;
+        const int64_t *want = ids + start;
+        int64_t base[SR_FIND_CHUNK];
+        for (int32_t i = 0; i < m; i++) base[i] = 0;
+        /* invariant: the lower bound of want[i] is in [base[i], base[i] + len] */
+        for (int64_t len = n; len > 1;) {
+            int64_t half = len / 2;
+            for (int32_t i = 0; i < m; i++)  /* independent loads: they overlap */
+                base[i] = sorted_ids[base[i] + half - 1] < want[i] ? base[i] + half : base[i];
+            len -= half;
+        }
+        for (int32_t i = 0; i < m; i++) {
+            int64_t pos = base[i] + (sorted_ids[base[i]] < want[i]);
+            if (pos < n && sorted_ids[pos] == want[i]) out_rows[n_found++] = order[pos];
+        }
+    }
+    return n_found;
+}

@@ -1,4 +1,5 @@
-/* sessrec candidate kernel: merge neighbor rows, filter, score, top-k in one pass.
+/* sessrec C kernels: the candidate kernel (merge neighbor rows, filter, score, top-k in
+ * one pass) and the id lookup of integer catalogs.
  *
  * The declaration below (between the markers) is also what csrc/build_kernels.py hands
  * to cffi, so it must stay plain C declarations without preprocessor lines.
@@ -21,6 +22,10 @@ int32_t sr_top_k(
     const float *query,
     uint32_t *seen, uint32_t *allow_mark, uint32_t epoch,
     int32_t k, int32_t *out_rows, float *out_scores, int32_t *out_n_candidates);
+
+int32_t sr_find_int64(
+    const int64_t *sorted_ids, const int32_t *order, int64_t n,
+    const int64_t *ids, int32_t n_ids, int32_t *out_rows);
 /* CFFI-END */
 
 #endif

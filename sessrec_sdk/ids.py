@@ -13,6 +13,12 @@ import numpy as np
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
+try:  # the C lookup of integer ids (csrc/); numpy's searchsorted where it was not built
+    from ._kernels import ffi as _ffi
+    from ._kernels import lib as _lib
+except ImportError:
+    _lib = None
+
 
 def sorted_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ids sorted, rows in that order): the lookup structure the bundle stores."""
@@ -28,6 +34,12 @@ class ItemIds:
         self.sorted_ids = sorted_ids
         self.order = order
         self.kind = "str" if in_row_order.dtype.kind == "U" else "int"
+        self._c_find = None
+        if (_lib is not None and self.kind == "int" and sorted_ids.flags.c_contiguous
+                and order.flags.c_contiguous):
+            self._c_args = (_ffi.cast("int64_t *", _ffi.from_buffer(sorted_ids)),
+                            _ffi.cast("int32_t *", _ffi.from_buffer(order)), len(sorted_ids))
+            self._c_find = _lib.sr_find_int64
 
     def __len__(self) -> int:
         return len(self.in_row_order)
@@ -50,10 +62,17 @@ class ItemIds:
     def known(self, ids: np.ndarray) -> tuple[np.ndarray, int]:
         """(int32 rows of the known ids, in input order; how many ids are unknown).
 
-        The request path's lookup: same answer as ``rows`` with the -1s dropped, in fewer
-        numpy calls when every id is known (the common case)."""
+        The request path's lookup: same answer as ``rows`` with the -1s dropped. Integer
+        catalogs use the C lookup when it is built (one call; the searches of all ids
+        overlap), otherwise fewer numpy calls than ``rows`` when every id is known."""
         if ids.size == 0:
             return np.empty(0, dtype=np.int32), 0
+        if self._c_find is not None:  # int64 ids (coerce's output for integer catalogs)
+            ids = np.ascontiguousarray(ids)
+            out = np.empty(ids.size, dtype=np.int32)
+            n = self._c_find(*self._c_args, _ffi.from_buffer("int64_t[]", ids), ids.size,
+                             _ffi.from_buffer("int32_t[]", out, require_writable=True))
+            return (out if n == ids.size else out[:n]), int(ids.size - n)
         pos, hit = self._find(ids)
         if hit.all():
             return self.order.take(pos), 0
