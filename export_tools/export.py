@@ -167,8 +167,9 @@ def choose_defaults(stats: dict, neighbors: int) -> dict:
 
 def category_filter_by_validation(bundle: Path, valid_rows: list[np.ndarray],
                                   catalog: D.Catalog, progress: bool) -> dict:
-    """HR@20 of the SDK on held-out sessions (last item = target) for each category filter,
-    best first (ties keep the order none, last, session: the least restrictive wins)."""
+    """HR@20 of the SDK on held-out sessions (rows; last item = target) for each category
+    filter, best first (ties keep the order none, last, session: the least restrictive
+    wins)."""
     from sessrec_sdk import Recommender
 
     from .evaluate import MemoEncoder, evaluate_lists
@@ -176,7 +177,7 @@ def category_filter_by_validation(bundle: Path, valid_rows: list[np.ndarray],
     rec = Recommender.load(bundle)
     rec._served.encoder = MemoEncoder(rec._served.encoder)  # one encoder run per session
     ids = np.asarray(catalog.item_ids)
-    sessions = [s for s in (np.asarray(v) for v in valid_rows) if (s >= 0).all() and len(s) >= 2]
+    sessions = [np.asarray(v) for v in valid_rows]
     inputs, targets = [ids[s[:-1]] for s in sessions], ids[[s[-1] for s in sessions]]
     hr = {}
     for f in ("none", "last", "session"):
@@ -185,6 +186,24 @@ def category_filter_by_validation(bundle: Path, valid_rows: list[np.ndarray],
                              inputs, targets, progress)
         hr[f] = round(row["HR@20"], 6)
     return dict(sorted(hr.items(), key=lambda kv: -kv[1]))
+
+
+def validation_sessions(sessions: list[np.ndarray], config: dict, train_csv
+                        ) -> tuple[list[np.ndarray], str]:
+    """The checkpoint's held-out validation sessions, rebuilt from its training data, that
+    can be evaluated (known items, >= 2 events); or ([], why there are none)."""
+    fraction = config.get("valid_fraction")
+    if not fraction:
+        return [], "the checkpoint was trained without a validation split"
+    trained_on = config.get("data", {}).get("train")
+    if not trained_on or Path(trained_on).resolve() != Path(train_csv).resolve():
+        return [], (f"--train {train_csv} is not the checkpoint's training data "
+                    f"({trained_on}), so its validation sessions are not known")
+    _, valid = D.split_validation(sessions, fraction, config["seed"])
+    usable = [s for s in (np.asarray(v) for v in valid) if (s >= 0).all() and len(s) >= 2]
+    if not usable:
+        return [], "no validation session has two or more known items"
+    return usable, ""
 
 
 def popularity(sessions_rows: list[np.ndarray], n_items: int) -> tuple[np.ndarray, np.ndarray]:
@@ -264,7 +283,7 @@ def export_bundle(
     import onnxruntime
     import torch
 
-    from sessrec_sdk.bundle import write_bundle
+    from sessrec_sdk.bundle import update_manifest, write_bundle
 
     from .train import load_checkpoint, load_training_data
 
@@ -303,9 +322,12 @@ def export_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
 
-    def write(name: str, defaults: dict) -> Path:
-        return write_bundle(
-            work / name, encoder=work / "encoder.onnx", item_matrix=matrix,
+    try:
+        t = time.perf_counter()
+        export_encoder(model, work / "encoder.onnx")
+        report["onnx_export_seconds"] = round(time.perf_counter() - t, 2)
+        candidate = write_bundle(
+            work / "bundle", encoder=work / "encoder.onnx", item_matrix=matrix,
             neighbors=nbrs, item_ids=np.asarray(catalog.item_ids), popularity=pop,
             popularity_scores=pop_scores, item_category=np.asarray(catalog.categories),
             model={"kind": config["model"], "config": model.config,
@@ -318,22 +340,20 @@ def export_bundle(
             defaults=defaults, data_stats=stats,
             tool_versions={"torch": torch.__version__, "onnx": onnx.__version__,
                            "onnxruntime": onnxruntime.__version__})
-
-    try:
-        t = time.perf_counter()
-        export_encoder(model, work / "encoder.onnx")
-        report["onnx_export_seconds"] = round(time.perf_counter() - t, 2)
-        candidate = write("bundle", defaults)
         report["parity"] = check_parity(candidate, model, catalog,
                                         parity_sessions(sessions, n_parity))
-        if category_filter is None and config.get("valid_fraction"):
-            _, valid = D.split_validation(sessions, config["valid_fraction"], config["seed"])
-            hr = category_filter_by_validation(candidate, valid, catalog, progress)
-            stats = {**stats, "validation_hr20_by_category_filter": hr}
-            category_filter = next(iter(hr))
-        if category_filter is not None:  # the final manifest (defaults, stats) differs
+        if category_filter is None:
+            valid, why_not = validation_sessions(sessions, config, train_csv)
+            if valid:
+                hr = category_filter_by_validation(candidate, valid, catalog, progress)
+                stats = {**stats, "validation_hr20_by_category_filter": hr}
+                category_filter = next(iter(hr))
+                report["category_filter_choice"] = "best validation HR@20"
+            else:
+                report["category_filter_choice"] = f"from training-data rates: {why_not}"
+        if category_filter is not None:  # only the manifest (defaults, stats) changes
             defaults = {**defaults, "category_filter": category_filter}
-            candidate = write("bundle-final", defaults)
+            update_manifest(candidate, defaults=defaults, data_stats=stats)
         if out.exists():
             shutil.rmtree(out)
         os.replace(candidate, out)

@@ -50,6 +50,7 @@ ENCODER_OUTPUT = "query"
 CATEGORY_FILTERS = ("last", "session", "none")
 SESSION_FILTERS = ("none", "last_category")
 CANDIDATE_POLICIES = ("neighbors",)
+DEFAULT_KEYS = ("k", "neighbors", "category_filter", "exclude_session_items", "candidates")
 
 # Bundles up to this size are fully verified (sha256, id ranges) at load unless told not to.
 AUTO_VERIFY_MAX_BYTES = 256 * 2**20
@@ -188,11 +189,15 @@ def _check_manifest(manifest: Any, path: Path) -> None:
     if version > FORMAT_VERSION:
         raise VersionError(f"{where}: bundle format {version} is newer than this sessrec "
                            f"{__version__} reads (up to {FORMAT_VERSION}); upgrade sessrec")
-    required = ("n_items", "dim", "neighbors_per_item", "id_kind", "files", "model",
-                "inference", "defaults")
+    required = ("n_items", "dim", "input_dim", "neighbors_per_item", "id_kind", "files",
+                "model", "inference", "defaults")
     missing = [k for k in required if k not in manifest]
     if missing:
         raise CorruptFileError(f"{where}: missing keys {missing}")
+    for key in ("n_items", "dim", "input_dim", "neighbors_per_item"):
+        if not _is_int(manifest[key]) or manifest[key] < 1:
+            raise CorruptFileError(f"{where}: {key} must be an int >= 1, "
+                                   f"got {manifest[key]!r}")
     if manifest["id_kind"] not in ("int", "str"):
         raise CorruptFileError(f"{where}: id_kind must be 'int' or 'str'")
     inference = manifest["inference"]
@@ -202,9 +207,41 @@ def _check_manifest(manifest: Any, path: Path) -> None:
     if not (isinstance(inference.get("max_session_length"), int)
             and inference["max_session_length"] >= 1):
         raise CorruptFileError(f"{where}: inference.max_session_length must be an int >= 1")
-    if manifest["defaults"].get("category_filter") not in CATEGORY_FILTERS:
-        raise CorruptFileError(f"{where}: defaults.category_filter must be one of "
-                               f"{CATEGORY_FILTERS}")
+    _check_defaults(manifest["defaults"], manifest, where)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_defaults(d: Any, manifest: dict[str, Any], where: Path) -> None:
+    """The recommend() defaults: checked here so that a bad one fails at load, naming the
+    manifest, rather than on the first request."""
+    if not isinstance(d, dict):
+        raise CorruptFileError(f"{where}: defaults must be a JSON object")
+    missing = [k for k in DEFAULT_KEYS if k not in d]
+    if missing:
+        raise CorruptFileError(f"{where}: defaults miss {missing}")
+    width = manifest["neighbors_per_item"]
+    problems = {
+        "k": "an int >= 1" if not (_is_int(d["k"]) and d["k"] >= 1) else None,
+        "neighbors": (f"an int in [1, neighbors_per_item={width}]"
+                      if not (_is_int(d["neighbors"]) and 1 <= d["neighbors"] <= width)
+                      else None),
+        "category_filter": (f"one of {CATEGORY_FILTERS}"
+                            if d["category_filter"] not in CATEGORY_FILTERS else None),
+        "exclude_session_items": ("true or false"
+                                  if not isinstance(d["exclude_session_items"], bool) else None),
+        "candidates": (f"one of {CANDIDATE_POLICIES}"
+                       if d["candidates"] not in CANDIDATE_POLICIES else None),
+    }
+    for key, expected in problems.items():
+        if expected:
+            raise CorruptFileError(f"{where}: defaults.{key} must be {expected}, "
+                                   f"got {d[key]!r}")
+    if d["category_filter"] != "none" and not manifest.get("has_categories"):
+        raise CorruptFileError(f"{where}: defaults.category_filter={d['category_filter']!r} "
+                               f"needs {ITEM_CATEGORY}, which the bundle does not have")
 
 
 def sha256_of(path: Path) -> str:
@@ -237,6 +274,8 @@ def read_bundle(path: str | os.PathLike, verify: bool | None = None) -> Bundle:
     for name in REQUIRED_FILES:
         if name not in files:
             raise CorruptFileError(f"{mpath}: does not list required file {name}")
+    if bool(manifest.get("has_categories")) != (ITEM_CATEGORY in files):
+        raise CorruptFileError(f"{mpath}: has_categories disagrees with the files listed")
     for name in files:
         if not (path / name).is_file():
             raise MissingFileError(f"{path / name}: listed in the manifest but missing")
@@ -348,8 +387,6 @@ def write_bundle(
         "files": {},
     }
     _check_manifest(manifest, out)
-    if defaults["category_filter"] != "none" and item_category is None:
-        raise ValueError("defaults.category_filter needs item_category")
     _check_arrays(arrays, manifest)
     _check_values(arrays, manifest)
 
@@ -373,6 +410,24 @@ def write_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def update_manifest(path: str | os.PathLike, **changes: Any) -> dict[str, Any]:
+    """Change top-level manifest entries (e.g. ``defaults``, ``data_stats``) of a written
+    bundle without rewriting its arrays; checked as at load, replaced atomically."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    manifest = {**json.loads(mpath.read_text(encoding="utf-8")), **changes}
+    _check_manifest(manifest, path)
+    tmp = mpath.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, mpath)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return manifest
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

@@ -224,3 +224,52 @@ def test_write_refuses_to_overwrite_and_is_atomic(tmp_path):
     build_synthetic_bundle(out, n_items=60, dim=4, neighbors=5, overwrite=True)
     assert Recommender.load(out).n_items == 60
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temp or old dirs left
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("k", 0, "defaults.k"),
+    ("k", "10", "defaults.k"),
+    ("neighbors", 10**6, "defaults.neighbors"),
+    ("neighbors", True, "defaults.neighbors"),
+    ("exclude_session_items", "yes", "defaults.exclude_session_items"),
+    ("candidates", "everything", "defaults.candidates"),
+    ("category_filter", "brand", "defaults.category_filter"),
+    ("k", None, "defaults miss"),  # None: the key is deleted
+])
+def test_bad_manifest_defaults_fail_at_load(bundle_copy, key, value, message):
+    def edit(m):
+        if value is None:
+            del m["defaults"][key]
+        else:
+            m["defaults"][key] = value
+
+    _edit_manifest(bundle_copy, edit)
+    with pytest.raises(CorruptFileError, match=message) as info:
+        Recommender.load(bundle_copy, verify=False)
+    assert "manifest.json" in str(info.value)
+
+
+@pytest.mark.parametrize("key, value", [("n_items", "2000"), ("input_dim", 0),
+                                        ("has_categories", False)])
+def test_bad_manifest_fields_fail_at_load(bundle_copy, key, value):
+    _edit_manifest(bundle_copy, lambda m: m.update({key: value}))
+    with pytest.raises(CorruptFileError, match="manifest.json"):
+        Recommender.load(bundle_copy, verify=False)
+
+
+def test_update_manifest_changes_only_the_manifest(bundle_copy):
+    from sessrec_sdk.bundle import update_manifest
+
+    before = {f.name: f.stat().st_mtime_ns for f in bundle_copy.iterdir()}
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    update_manifest(bundle_copy, defaults={**manifest["defaults"], "k": 7})
+    rec = Recommender.load(bundle_copy, verify=True)  # checksums still match
+    assert rec.manifest["defaults"]["k"] == 7
+    assert len(rec.recommend(rec.item_ids[:3].tolist())) == 7
+    after = {f.name: f.stat().st_mtime_ns for f in bundle_copy.iterdir()}
+    assert {n for n in before if before[n] != after.get(n)} == {"manifest.json"}
+    # a bad change is refused and leaves the manifest as it was
+    with pytest.raises(CorruptFileError, match="defaults.k"):
+        update_manifest(bundle_copy, defaults={**manifest["defaults"], "k": 0})
+    assert Recommender.load(bundle_copy).manifest["defaults"]["k"] == 7
+    assert sorted(f.name for f in bundle_copy.iterdir()) == sorted(before)

@@ -164,10 +164,30 @@ def test_export_parity_and_round_trip(tiny_run):
     hr = m["data_stats"]["validation_hr20_by_category_filter"]
     assert set(hr) == {"none", "last", "session"} and all(0 <= v <= 1 for v in hr.values())
     assert m["defaults"]["category_filter"] == max(hr, key=hr.get)
+    assert report["category_filter_choice"] == "best validation HR@20"
     catalog_ids = np.load(ckpt / "item_ids.npy")
     np.testing.assert_array_equal(rec.item_ids, catalog_ids)
     out = rec.recommend(catalog_ids[:3].tolist(), k=10)
     assert len(out) == 10 and out.fallback is None
+
+
+def test_validation_sessions_only_from_the_checkpoint_data(tiny_run, tmp_path):
+    from export_tools.export import validation_sessions
+    from export_tools.train import load_training_data
+
+    root, ckpt, _, _ = tiny_run
+    config = json.loads((ckpt / "config.json").read_text())
+    sessions, _ = load_training_data(root / "train.csv", DATA / "items.csv.gz")
+    valid, why = validation_sessions(sessions, config, root / "train.csv")
+    assert valid and why == "" and all(len(s) >= 2 and (s >= 0).all() for s in valid)
+    # another CSV: its re-split sessions were not held out from training
+    other = tmp_path / "other.csv"
+    other.write_bytes((root / "train.csv").read_bytes())
+    valid, why = validation_sessions(sessions, config, other)
+    assert valid == [] and "not the checkpoint's training data" in why
+    valid, why = validation_sessions(sessions, {**config, "valid_fraction": 0},
+                                     root / "train.csv")
+    assert valid == [] and "without a validation split" in why
 
 
 def test_export_refuses_when_parity_fails(tiny_run, monkeypatch, tmp_path):
