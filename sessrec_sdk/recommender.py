@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from . import pages
 from .bundle import (
     CANDIDATE_POLICIES,
     CATEGORY_FILTERS,
@@ -29,7 +30,6 @@ from .bundle import (
     CorruptFileError,
     read_bundle,
 )
-from . import pages
 from .encoder import SessionEncoder
 from .kernels import CatalogArrays, KernelQuery, NeighborRangeError, Scratch, make_kernel
 from .result import Recommendation
