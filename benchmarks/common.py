@@ -162,10 +162,14 @@ def warm_page_cache(path: Path) -> float:
 
     t0 = time.perf_counter()
     for f in warm(path):
-        if f.huge_page_share is not None:
-            log(f"{Path(path).name}/{f.name}: {f.huge_page_share:.0%} in 2 MB pages"
-                + (" (4 KB pages dropped and read again)" if f.dropped else ""))
+        if f.dropped:
+            log(f"{Path(path).name}/{f.name}: 4 KB pages dropped and read again, now "
+                f"{f.huge_page_share or 0:.0%} in 2 MB pages")
     return time.perf_counter() - t0
+
+
+def small_page_dir(spec: BundleSpec) -> Path:
+    return cache_root() / "bench-bundles-4k" / spec.key
 
 
 def small_page_copy(spec: BundleSpec) -> Path:
@@ -173,7 +177,7 @@ def small_page_copy(spec: BundleSpec) -> Path:
     cache holds 4 KB pages (a bundle deployed with ``cp`` and never warmed). Rewritten on
     every call: pages of an older copy may since have been evicted and read back in 2 MB."""
     src = ensure_bundle(spec)
-    out = cache_root() / "bench-bundles-4k" / spec.key
+    out = small_page_dir(spec)
     with file_lock(out.with_name(f".{out.name}.lock")):
         if out.exists():
             shutil.rmtree(out)

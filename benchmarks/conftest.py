@@ -59,33 +59,39 @@ class Suite:
         that has been up a while: page cache in 2 MB pages where the kernel allows, every
         page mapped), "lazy" (same cache, pages mapped on first touch, as right after
         ``load()``) or "4k" (a copy whose cache holds 4 KB pages, as after ``cp``)."""
-        from sessrec_sdk import Recommender
-
         backend = backend or self.p.backend
         key = (spec.key, backend, pages)
-        if key not in self._recs:
-            if pages == "4k":
-                path = C.small_page_copy(spec)
-            else:
-                path = C.ensure_bundle(spec)
-                C.warm_page_cache(path)
-            self._recs[key] = Recommender.load(path, backend=backend, verify=False,
-                                               prefault=pages != "lazy")
-        return self._recs[key]
+        if pages == "4k":
+            if key not in self._recs:
+                self._recs[key] = self._load(C.small_page_copy(spec), backend, prefault=True)
+            return self._recs[key]
+        return self._steady(key, C.ensure_bundle(spec), backend, prefault=pages == "steady")
 
     def grainrec(self, backend: str | None = None):
-        from sessrec_sdk import Recommender
-
         path = C.grainrec_bundle()
         if path is None:
             pytest.skip(C.grainrec_missing_message())
         backend = backend or self.p.backend
-        key = ("grainrec", backend)
+        return self._steady(("grainrec", backend), path, backend, prefault=True)
+
+    def _steady(self, key, path, backend: str, prefault: bool):
+        """Warm the page cache (and map every page) again before *each* benchmark: a busy
+        server keeps its bundle hot, but between benchmarks a bundle sits idle and the OS
+        may reclaim it (this VM runs DAMON proactive reclaim)."""
+        from sessrec_sdk.pages import prefault as map_every_page
+
+        C.warm_page_cache(path)
         if key not in self._recs:
-            C.warm_page_cache(path)
-            self._recs[key] = Recommender.load(path, backend=backend, verify=False,
-                                               prefault=True)
+            self._recs[key] = self._load(path, backend, prefault)
+        elif prefault:
+            map_every_page(self._recs[key]._served.bundle.arrays())
         return self._recs[key]
+
+    @staticmethod
+    def _load(path, backend: str, prefault: bool):
+        from sessrec_sdk import Recommender
+
+        return Recommender.load(path, backend=backend, verify=False, prefault=prefault)
 
     def pool(self, rec, length: int, traffic: str) -> list:
         """The session pool of a bundle; the same rows for every bundle of one size."""

@@ -592,6 +592,13 @@ def build(results: Path, out: Path, plot_path: Path | None = None) -> dict:
         "",
         sweep_table(benches, "memory pages", "pages"),
         "",
+        "Share of the item matrix in 2 MB pages after each row (uniform / popular): "
+        + ", ".join(f"{v}: " + " / ".join(
+            f"{b['matrix_2mb_share']:.0%}" if b and b["matrix_2mb_share"] is not None
+            else "–" for b in (find(benches, suite="latency", axis="memory pages", pages=v,
+                                    traffic=tr) for tr in TRAFFIC))
+            for v in ("steady", "lazy", "4k")) + ".",
+        "",
         "### GRAINRec bundle (sessrec)",
         "",
         (table(["traffic", "median", "p99", "candidates", "rounds"],

@@ -13,7 +13,7 @@ TRAFFIC = pytest.mark.parametrize("traffic", C.TRAFFIC)
 
 
 def _bench(measure, suite, spec, *, axis, traffic, length=None, backend=None, k=None,
-           pages="steady"):
+           pages="steady", **info):
     p = suite.p
     length = length or p.session_len
     k = k or p.k
@@ -23,7 +23,7 @@ def _bench(measure, suite, spec, *, axis, traffic, length=None, backend=None, k=
             suite="latency", method="sessrec", axis=axis, traffic=traffic,
             n_items=spec.n_items, dim=spec.dim, K=spec.K, dtype=spec.dtype,
             backend=rec.backend, session_len=length, k=k, pages=pages,
-            candidates=lambda: mean_candidates(rec, pool, k))
+            candidates=lambda: mean_candidates(rec, pool, k), **info)
 
 
 @TRAFFIC
@@ -74,7 +74,13 @@ def test_memory_pages(measure, suite, pages, traffic):
     """The reference bundle in steady state (as every other row) and away from it: pages
     mapped on first touch (a server just started, without ``prefault``), or a page cache in
     4 KB pages (a bundle copied in with ``cp`` and never warmed; see sessrec_sdk/pages.py)."""
-    _bench(measure, suite, P.ref, axis="memory pages", traffic=traffic, pages=pages)
+    from sessrec_sdk.bundle import ITEM_MATRIX
+    from sessrec_sdk.pages import huge_page_share
+
+    path = C.small_page_dir(P.ref) if pages == "4k" else C.bundle_dir(P.ref)
+    # the share of the item matrix in 2 MB pages in the page cache, after the timed rounds
+    _bench(measure, suite, P.ref, axis="memory pages", traffic=traffic, pages=pages,
+           matrix_2mb_share=lambda: huge_page_share(path / ITEM_MATRIX))
 
 
 # ------------------------------------------------------------------ the GRAINRec bundle

@@ -34,7 +34,7 @@ HUGE_PAGE = 2 * 2**20
 # the first megabytes of a file, so a file of a few MB stays in small pages anyway (seen
 # on 6.18/ext4), and a request touches only a few pages of those files
 HUGE_PAGE_MIN_FILE = 64 * 2**20
-HUGE_ENOUGH = 0.75  # warm() leaves a file alone once this share of it is in 2 MB pages
+HUGE_ENOUGH = 0.85  # warm() leaves a file alone once this share of it is in 2 MB pages
 
 _SMAPS_RANGE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ")
 
