@@ -363,6 +363,21 @@ def _read_first(path: str) -> str | None:
         return None
 
 
+# A shared VM's core can be slowed by another tenant (an SMT sibling, the host): every step
+# of a call then slows together, by ~1.7x here, in stretches of a fraction of a second that
+# the load average cannot see. The suite times a fixed pure-Python loop every PROBE_EVERY
+# rounds (untimed, in pytest-benchmark's setup), so the report can say how contended the
+# host was during each benchmark.
+PROBE_EVERY = 25
+
+
+def host_probe() -> float:
+    """µs for a fixed pure-Python loop (~50 µs uncontended here): same work every time."""
+    t0 = time.perf_counter_ns()
+    sum(range(3000))
+    return (time.perf_counter_ns() - t0) / 1e3
+
+
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 

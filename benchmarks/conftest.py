@@ -146,10 +146,22 @@ def measure(benchmark, profile):
         benchmark.extra_info.update({key: v for key, v in info.items() if key not in later})
         benchmark.extra_info.update(profile=profile.name, rounds=rounds,
                                     loadavg_before=C.loadavg())
+        probes: list[float] = []
+        n_setup = 0
+
+        def setup():  # untimed: the next session, and every PROBE_EVERY rounds a host probe
+            nonlocal n_setup
+            if n_setup % C.PROBE_EVERY == 0:
+                probes.append(C.host_probe())
+            n_setup += 1
+            return (rot.next(),), {}
+
         with C.OtherLoad() as other:
-            result = benchmark.pedantic(fn, setup=lambda: ((rot.next(),), {}), rounds=rounds,
+            result = benchmark.pedantic(fn, setup=setup, rounds=rounds,
                                         iterations=1, warmup_rounds=0)
         benchmark.extra_info["loadavg_after"] = C.loadavg()
+        benchmark.extra_info["host_probe_us"] = [round(x, 2) for x in probes]
+        benchmark.extra_info["probe_every"] = C.PROBE_EVERY
         benchmark.extra_info.update({key: v() for key, v in later.items()})
         benchmark.extra_info["other_cpu_cores"] = other.cores
         return result

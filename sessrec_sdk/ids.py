@@ -68,7 +68,7 @@ class ItemIds:
         if ids.size == 0:
             return np.empty(0, dtype=np.int32), 0
         if self._c_find is not None:  # int64 ids (coerce's output for integer catalogs)
-            ids = np.ascontiguousarray(ids)
+            ids = np.ascontiguousarray(ids, dtype=np.int64)
             out = np.empty(ids.size, dtype=np.int32)
             n = self._c_find(*self._c_args, _ffi.from_buffer("int64_t[]", ids), ids.size,
                              _ffi.from_buffer("int32_t[]", out, require_writable=True))
