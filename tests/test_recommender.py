@@ -1,6 +1,7 @@
 """The recommend() contract of DESIGN.md on synthetic bundles."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -242,6 +243,32 @@ def test_auto_backend_does_not_import_numba_when_c_exists(small_bundle):
             "print(r.backend, 'numba' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.split() == ["c", "False"], proc.stderr
+
+
+def test_works_without_the_c_extension(small_bundle, small_ids):
+    """A build without a compiler: the C module fails to import; the SDK falls back (Numba
+    if installed, else numpy) for the kernel and to numpy for the id lookup, and answers
+    as the C build does."""
+    session = small_ids[[3, 50, 700]].tolist()
+    code = (
+        "import sys, json\n"
+        "class NoC:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'sessrec_sdk._kernels':\n"
+        "            raise ImportError('no C extension in this test')\n"
+        "sys.meta_path.insert(0, NoC())\n"
+        "from sessrec_sdk import Recommender\n"
+        f"r = Recommender.load({str(small_bundle)!r})\n"
+        f"out = r.recommend({session!r}, k=10)\n"
+        "print(json.dumps([r.backend, r._served.bundle.ids._c_find is None,"
+        " out.item_ids.tolist(), out.scores.tolist()]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    backend, numpy_lookup, ids, scores = json.loads(proc.stdout)
+    assert backend in ("numba", "numpy") and numpy_lookup
+    here = Recommender.load(small_bundle).recommend(session, k=10)
+    assert ids == here.item_ids.tolist()
+    np.testing.assert_allclose(scores, here.scores, rtol=0, atol=1e-5)
 
 
 @given(catalog=st.lists(st.integers(-2**63 + 1, 2**63 - 1), min_size=1, max_size=40,
