@@ -3,7 +3,7 @@ clocks, so import time (numpy, then sessrec_sdk + onnxruntime) is measured as a 
 process would see it.
 
     python -m benchmarks._memchild BUNDLE [--sessions S.npy --calls N] [--verify auto|yes|no]
-                                          [--wait]
+                                          [--prefault] [--wait]
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def proc_memory(pid: int | str = "self") -> dict:
 # --------------------------------------------------------------------------- child
 
 
-def child(bundle: str, sessions: str | None, calls: int, verify: str, wait: bool) -> None:
+def child(bundle: str, sessions: str | None, calls: int, verify: str, wait: bool,
+          prefault: bool = False) -> None:
     """Runs in a fresh interpreter; prints one JSON line (then waits for stdin to close)."""
     t0 = time.perf_counter()
     import numpy as np
@@ -48,7 +49,8 @@ def child(bundle: str, sessions: str | None, calls: int, verify: str, wait: bool
     mem_import = proc_memory()
 
     t0 = time.perf_counter()
-    rec = Recommender.load(bundle, verify={"auto": None, "yes": True, "no": False}[verify])
+    rec = Recommender.load(bundle, verify={"auto": None, "yes": True, "no": False}[verify],
+                           prefault=prefault)
     t_load = time.perf_counter() - t0
     mem_load = proc_memory()
 
@@ -83,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=0)
     ap.add_argument("--verify", choices=["auto", "yes", "no"], default="auto")
     ap.add_argument("--wait", action="store_true")
+    ap.add_argument("--prefault", action="store_true")
     args = ap.parse_args(argv)
-    child(args.bundle, args.sessions, args.calls, args.verify, args.wait)
+    child(args.bundle, args.sessions, args.calls, args.verify, args.wait, args.prefault)
     return 0
 
 

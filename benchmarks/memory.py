@@ -30,10 +30,13 @@ from benchmarks._memchild import proc_memory
 REPEATS = 3  # load measurements per size (median reported)
 
 
-def _spawn(bundle: Path, sessions: Path | None, calls: int, verify: str, wait: bool):
+def _spawn(bundle: Path, sessions: Path | None, calls: int, verify: str, wait: bool,
+           prefault: bool = False):
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "benchmarks._memchild", str(bundle),
            "--calls", str(calls), "--verify", verify]
+    if prefault:
+        cmd.append("--prefault")
     if sessions:
         cmd += ["--sessions", str(sessions)]
     if wait:
@@ -42,9 +45,10 @@ def _spawn(bundle: Path, sessions: Path | None, calls: int, verify: str, wait: b
                             stdout=subprocess.PIPE, text=True)
 
 
-def _run_child(bundle: Path, sessions: Path | None, calls: int, verify: str) -> dict:
+def _run_child(bundle: Path, sessions: Path | None, calls: int, verify: str,
+               prefault: bool = False) -> dict:
     t0 = time.perf_counter()
-    proc = _spawn(bundle, sessions, calls, verify, wait=False)
+    proc = _spawn(bundle, sessions, calls, verify, wait=False, prefault=prefault)
     out, _ = proc.communicate()
     if proc.returncode:
         raise RuntimeError(f"memory child failed ({proc.returncode}) on {bundle}")
@@ -76,15 +80,16 @@ def load_per_size(p: C.Profile, tmp: Path) -> list[dict]:
         C.warm_page_cache(bundle)
         size_mib = sum(f.stat().st_size for f in bundle.iterdir()) / 2**20
         sessions = _write_sessions(bundle, 1000, tmp / f"sessions-{spec.key}.npy")
-        for verify in ("auto", "no"):
-            runs = [_run_child(bundle, sessions, 0, verify) for _ in range(REPEATS)]
+        for verify, prefault in (("auto", False), ("no", False), ("no", True)):
+            runs = [_run_child(bundle, sessions, 0, verify, prefault) for _ in range(REPEATS)]
             med = {k: statistics.median(r[k] for r in runs)
                    for k in ("import_numpy_s", "import_sessrec_s", "load_s", "first_call_s",
                              "process_wall_s")}
             last = runs[-1]
             rows.append({
                 "n_items": n, "dim": spec.dim, "K": spec.K, "dtype": spec.dtype,
-                "bundle_mib": round(size_mib, 1), "verify": verify, "repeats": REPEATS,
+                "bundle_mib": round(size_mib, 1), "verify": verify, "prefault": prefault,
+                "repeats": REPEATS,
                 **{k: round(v, 4) for k, v in med.items()},
                 "rss_after_import_mib": last["mem_after_import"]["VmRSS"],
                 "rss_after_load_mib": last["mem_after_load"]["VmRSS"],
@@ -92,7 +97,8 @@ def load_per_size(p: C.Profile, tmp: Path) -> list[dict]:
                 "file_rss_after_first_call_mib": last["mem_after_first_call"].get("RssFile"),
                 "pss_after_load_mib": last["mem_after_load"].get("Pss"),
             })
-            C.log(f"load {C._items(n)} verify={verify}: {med['load_s'] * 1e3:.1f} ms, RSS "
+            C.log(f"load {C._items(n)} verify={verify} prefault={prefault}: "
+                  f"{med['load_s'] * 1e3:.1f} ms, RSS "
                   f"{last['mem_after_load']['VmRSS']:.0f} MiB")
     return rows
 

@@ -422,20 +422,22 @@ def memory_section(memory: dict | None) -> str:
     for r in memory["load"]:
         load_rows.append([
             items(r["n_items"]), f"d={r['dim']}, K={r['K']}", f"{r['bundle_mib']:,.0f} MiB",
-            {"auto": "default (auto)", "no": "verify=False", "yes": "verify=True"}[r["verify"]],
+            {"auto": "default (auto)", "no": "verify=False", "yes": "verify=True"}[r["verify"]]
+            + (", prefault=True" if r.get("prefault") else ""),
             t(r["import_numpy_s"]), t(r["import_sessrec_s"]), t(r["load_s"]),
             t(r["first_call_s"]), f"{r['rss_after_import_mib']:.0f} MiB",
             f"{r['rss_after_load_mib']:.0f} MiB", f"{r['rss_after_first_call_mib']:.0f} MiB",
             "–" if r.get("file_rss_after_first_call_mib") is None
             else f"{r['file_rss_after_first_call_mib']:.0f} MiB"])
-    text = table(["items", "shape", "bundle on disk", "checks", "import numpy",
+    text = table(["items", "shape", "bundle on disk", "load options", "import numpy",
                   "import sessrec_sdk (+onnxruntime)", "Recommender.load", "first recommend()",
                   "RSS after imports", "RSS after load", "RSS after 1st call",
                   "of which file-backed"], load_rows)
     text += (f"\n\nMedians of {memory['load'][0]['repeats']} fresh processes each. "
              "\"default (auto)\" verifies checksums and id ranges of bundles up to 256 MiB "
-             "and only shapes/dtypes above; bundle files were in the OS page cache (read once "
-             "before measuring). File-backed RSS is pages of the mapped bundle (and "
+             "and only shapes/dtypes above; prefault=True also maps every page of the bundle "
+             "(RSS then counts it all: shared page cache). Bundle files were in the OS page "
+             "cache (read once before measuring). File-backed RSS is pages of the mapped bundle (and "
              "libraries): shared between processes and reclaimable, not copies; one call can "
              "map far more than the ~300 rows it reads, since the kernel maps page-cache "
              "pages around each touched row.\n\n")

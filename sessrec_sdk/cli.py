@@ -58,10 +58,10 @@ def _warm(args: argparse.Namespace) -> int:
     if not (args.bundle / "manifest.json").is_file():
         raise ValueError(f"{args.bundle}: not a sessrec bundle (no manifest.json)")
     t0 = time.perf_counter()
-    for f in warm(args.bundle):
+    for f in warm(args.bundle):  # one line per file as it is done
         share = "" if f.huge_page_share is None else f"  2 MB pages {f.huge_page_share:4.0%}"
         note = "  (4 KB pages dropped, read again)" if f.dropped else ""
-        print(f"{f.name:24s} {f.bytes / 2**20:10,.1f} MiB{share}{note}")
+        print(f"{f.name:24s} {f.bytes / 2**20:10,.1f} MiB{share}{note}", flush=True)
     print(f"warmed in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,14 +92,15 @@ class Warmed:
     huge_page_share: float | None
 
 
-def warm(bundle: str | os.PathLike) -> list[Warmed]:
-    """Read every file of ``bundle`` into the page cache, in 2 MB pages where possible.
+def warm(bundle: str | os.PathLike) -> Iterator[Warmed]:
+    """Read every file of ``bundle`` into the page cache, in 2 MB pages where possible;
+    yields a :class:`Warmed` as each file is done (a large bundle read from disk takes a
+    while).
 
     A large file that comes back mostly in 4 KB pages is dropped from the cache and read
     again. That works only for pages no running process has mapped, so run it before the
     servers start. Small files are only read.
     """
-    out = []
     for f in sorted(Path(bundle).iterdir()):
         if not f.is_file():
             continue
@@ -109,9 +110,7 @@ def warm(bundle: str | os.PathLike) -> list[Warmed]:
         if size >= HUGE_PAGE_MIN_FILE and share is not None and share < HUGE_ENOUGH:
             drop_cached(f)
             share, dropped = huge_page_share(f), True
-        out.append(Warmed(f.name, size, dropped,
-                          share if size >= HUGE_PAGE_MIN_FILE else None))
-    return out
+        yield Warmed(f.name, size, dropped, share if size >= HUGE_PAGE_MIN_FILE else None)
 
 
 def _smaps_kib(addr: int, field: str) -> int | None:

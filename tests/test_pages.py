@@ -58,7 +58,7 @@ def test_bundle_arrays_lists_each_mapping_once(small_bundle):
 
 
 def test_warm_reads_every_file_and_leaves_the_bundle_valid(small_bundle):
-    report = pages.warm(small_bundle)
+    report = list(pages.warm(small_bundle))
     files = sorted(p.name for p in Path(small_bundle).iterdir() if p.is_file())
     assert [w.name for w in report] == files
     assert all(w.bytes == (Path(small_bundle) / w.name).stat().st_size for w in report)
