@@ -437,8 +437,9 @@ def memory_section(memory: dict | None) -> str:
              "\"default (auto)\" verifies checksums and id ranges of bundles up to 256 MiB "
              "and only shapes/dtypes above; prefault=True also maps every page of the bundle "
              "(RSS then counts it all: shared page cache). Bundle files were in the OS page "
-             "cache (read once before measuring). File-backed RSS is pages of the mapped bundle (and "
-             "libraries): shared between processes and reclaimable, not copies; one call can "
+             "cache (read once before measuring). File-backed RSS is pages of the mapped "
+             "bundle (and libraries): shared between processes and reclaimable, not copies; "
+             "one call can "
              "map far more than the ~300 rows it reads, since the kernel maps page-cache "
              "pages around each touched row.\n\n")
     shared = memory["shared"]
