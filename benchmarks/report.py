@@ -327,18 +327,21 @@ def sweep_table(benches, axis: str, key: str, fmt=str, alternatives: bool = Fals
     header = [key.replace("_", " ")]
     for tr in TRAFFIC:
         header += [f"{tr}: median", f"{tr}: p99"]
-    header += ["candidates (uniform / popular)"]
+    header += ["candidates (uniform / popular)", "host slowdown (uniform / popular)"]
     if alternatives:
         header += ["full ONNX", "full numpy", "HNSW", "full ONNX / sessrec"]
     rows = []
+    base = host_baseline(benches)
     for v in values:
         row = [fmt(v)]
-        cands = []
+        cands, slow = [], []
         for tr in TRAFFIC:
             b = find(benches, suite="latency", axis=axis, traffic=tr, **{key: v})
             row += [t(b.median), t(b.p99)] if b else ["–", "–"]
             cands.append(f"{b['candidates']:.0f}" if b else "–")
+            slow.append(slowdown(b.host_slowdown(base)) if b else "–")
         row.append(" / ".join(cands))
+        row.append(" / ".join(slow))
         if alternatives:
             alts = {m: find(benches, suite="alternatives", axis="catalog size", method=m,
                             n_items=v, traffic="uniform")
