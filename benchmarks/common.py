@@ -48,14 +48,16 @@ class BundleSpec:
     # the session-length sweep measures merging 1..20 neighbor rows, not a truncation.
     max_session_length: int = 20
     seed: int = SEED
+    row_order: str = "locality"  # as `sessrec synth` and `sessrec export` write by default
 
     @property
     def key(self) -> str:
         return (f"n{self.n_items}-d{self.dim}-K{self.K}-{self.dtype}"
-                f"-L{self.max_session_length}-s{self.seed}")
+                f"-L{self.max_session_length}-s{self.seed}-{self.row_order}")
 
     def label(self) -> str:
-        return f"{_items(self.n_items)} items, d={self.dim}, K={self.K}, {self.dtype}"
+        return (f"{_items(self.n_items)} items, d={self.dim}, K={self.K}, {self.dtype}, "
+                f"{self.row_order} row order")
 
 
 def _items(n: int) -> str:
@@ -81,6 +83,7 @@ class Profile:
     lengths: tuple[int, ...] = (1, 3, 10, 20)
     backends: tuple[str, ...] = ("c", "numba", "numpy")
     dtypes: tuple[str, ...] = ("float32", "float16")
+    row_orders: tuple[str, ...] = ("locality", "given")
     pool_size: int = 10_000          # sessions per (bundle, length, traffic) pool
     max_rounds: int = 3000           # timed calls per benchmark (fast methods)
     min_rounds: int = 30             # ... at least (slow methods: full-catalog scoring)
@@ -149,6 +152,7 @@ def ensure_bundle(spec: BundleSpec) -> Path:
         build_synthetic_bundle(out, n_items=spec.n_items, dim=spec.dim, neighbors=spec.K,
                                seed=spec.seed, dtype=spec.dtype,
                                max_session_length=spec.max_session_length,
+                               row_order=spec.row_order,
                                progress=sys.stderr.isatty())
         log(f"built {spec.key} in {time.perf_counter() - t0:.0f} s")
     return out
@@ -192,6 +196,7 @@ def all_specs(p: Profile) -> list[BundleSpec]:
     specs += [p.spec(dim=d) for d in p.dims]
     specs += [p.spec(K=k) for k in p.Ks]
     specs += [p.spec(dtype=t) for t in p.dtypes]
+    specs += [p.spec(row_order=o) for o in p.row_orders]
     seen, out = set(), []
     for s in specs:
         if s.key not in seen:

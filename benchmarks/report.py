@@ -397,16 +397,17 @@ def stages_table(benches, which: str, traffic: str) -> str | None:
              "numpy gather floor", "numpy matmul floor", "numpy matmul floor, hot"]
     rows.sort(key=lambda b: order.index(b["stage"]) if b["stage"] in order else 99)
     out = []
-    parts = 0.0
+    parts, n_parts = 0.0, 0
     for b in rows:
         share = pct(b.median, whole.median) if whole and b["stage"] != "recommend" else ""
         if b["stage"] in ("id mapping", "encoder", "kernel", "result building"):
             parts += b.median
+            n_parts += 1
         note = ""
         if b["floor_rows"]:
             note = f"{b['floor_rows']:.0f} rows per block"
         out.append([b["stage"], t(b.median), t(b.p99), share, note])
-    if whole:
+    if whole and n_parts == 4:
         out.insert(5, ["*rest of a call (whole − the four stages)*",
                        t(whole.median - parts), "", pct(whole.median - parts, whole.median), ""])
     text = table(["stage (timed alone)", "median", "p99", "of a whole call", ""], out)
@@ -652,6 +653,16 @@ def build(results: Path, out: Path, plot_path: Path | None = None) -> dict:
         "",
         sweep_table(benches, "item dtype", "dtype"),
         "",
+        "### Row order (the reference catalog)",
+        "",
+        "locality: rows numbered along the neighbor graph (reverse Cuthill-McKee, what "
+        "`sessrec synth` and `sessrec export` write by default, export_tools/layout.py), so "
+        "an item's neighbors sit in nearby rows; given: the rows in the order the items were "
+        "drawn, each neighbor list scattered over the whole matrix. Same items, vectors and "
+        "answers.",
+        "",
+        sweep_table(benches, "row order", "row_order"),
+        "",
         "### Memory pages (the reference bundle)",
         "",
         "steady: page cache in 2 MB pages where the kernel allows (`sessrec warm`) and every "
@@ -706,10 +717,13 @@ def build(results: Path, out: Path, plot_path: Path | None = None) -> dict:
         "",
     ]
     for which, traffic in (("reference", "uniform"), ("reference", "popular"),
+                           ("given row order", "uniform"), ("given row order", "popular"),
                            ("grainrec", "test")):
         st = stages_table(benches, which, traffic)
         if st:
-            label = "reference point" if which == "reference" else "GRAINRec bundle"
+            label = {"reference": "reference point",
+                     "given row order": "reference catalog with its rows in drawn order",
+                     }.get(which, "GRAINRec bundle")
             doc += [f"### {label}, {TRAFFIC_NAME[traffic]}", "", st, ""]
     doc += ["## Memory and start-up", "", memory_section(memory), "",
             "## Reproduce", "", "```", *meta.get("commands", []), "```", ""]

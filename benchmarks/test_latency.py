@@ -1,5 +1,6 @@
 """Per-call latency of ``Recommender.recommend()``: one sweep per axis around the reference
-point (full profile: 1M items, d=256, K=100, float32, C backend, 3-item sessions, k=20),
+point (full profile: 1M items, d=256, K=100, float32, locality row order, C backend, 3-item
+sessions, k=20),
 each for uniform-random and popularity-weighted sessions."""
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def _bench(measure, suite, spec, *, axis, traffic, length=None, backend=None, k=
     measure(lambda s: rec.recommend(s, k=k), pool, group=f"recommend vs {axis}",
             suite="latency", method="sessrec", axis=axis, traffic=traffic,
             n_items=spec.n_items, dim=spec.dim, K=spec.K, dtype=spec.dtype,
-            backend=rec.backend, session_len=length, k=k, pages=pages,
+            row_order=spec.row_order, backend=rec.backend, session_len=length, k=k, pages=pages,
             candidates=lambda: mean_candidates(rec, pool, k), **info)
 
 
@@ -66,6 +67,14 @@ def test_backend(measure, suite, backend, traffic):
 @pytest.mark.parametrize("dtype", P.dtypes)
 def test_dtype(measure, suite, dtype, traffic):
     _bench(measure, suite, P.spec(dtype=dtype), axis="item dtype", traffic=traffic)
+
+
+@TRAFFIC
+@pytest.mark.parametrize("row_order", P.row_orders)
+def test_row_order(measure, suite, row_order, traffic):
+    """The same catalog with rows numbered along the neighbor graph (the default) or in the
+    order they were drawn (an item's neighbors scattered over the matrix)."""
+    _bench(measure, suite, P.spec(row_order=row_order), axis="row order", traffic=traffic)
 
 
 @TRAFFIC

@@ -33,6 +33,8 @@ from sessrec_sdk.result import Recommendation
 P = C.profile_from_env()
 STAGES = ("recommend", "id mapping", "encoder", "kernel", "result building",
           "kernel, hot", "numpy gather floor", "numpy matmul floor", "numpy matmul floor, hot")
+# the stages timed again on the reference catalog with its rows in drawn order
+ROW_ORDER_STAGES = ("recommend", "kernel", "numpy gather floor")
 
 
 class Prepared:
@@ -138,14 +140,15 @@ def _prepared(suite, which: str, traffic: str) -> Prepared:
         if which == "grainrec":
             rec = suite.grainrec()
             pool = suite.pool(rec, rec.manifest["inference"]["max_session_length"], traffic)
-        else:
-            rec = suite.rec(P.ref)
+        else:  # the reference bundle, or the same catalog with its rows in drawn order
+            spec = P.ref if which == "reference" else P.spec(row_order="given")
+            rec = suite.rec(spec)
             pool = suite.pool(rec, P.session_len, traffic)
         _PREPARED[key] = Prepared(rec, pool, P.k)
     return _PREPARED[key]
 
 
-CASES = [("reference", t) for t in C.TRAFFIC]
+CASES = [("reference", t) for t in C.TRAFFIC] + [("given row order", t) for t in C.TRAFFIC]
 if P.grainrec:
     CASES.append(("grainrec", "test"))
 
@@ -155,6 +158,8 @@ if P.grainrec:
 def test_stage(measure, suite, which, traffic, stage):
     prep = _prepared(suite, which, traffic)
     s, rec, k = prep.s, prep.rec, prep.k
+    if which == "given row order" and stage not in ROW_ORDER_STAGES:
+        pytest.skip("row order changes only where the rows are read")
     scratch = s.scratch()
     if stage == "recommend":
         fn, pool = (lambda x: rec.recommend(x, k=k)), prep.pool
@@ -185,7 +190,8 @@ def test_stage(measure, suite, which, traffic, stage):
         extra["in_call"] = in_call_breakdown(prep, max(50, min(P.max_rounds, len(prep.pool))))
     measure(fn, pool, group=f"stages ({which}, {traffic})", suite="stages", stage=stage,
             bundle=which, traffic=traffic, n_items=m["n_items"], dim=m["dim"],
-            K=m["neighbors_per_item"], dtype=m["item_dtype"], backend=rec.backend, k=k,
+            K=m["neighbors_per_item"], dtype=m["item_dtype"],
+            row_order=m.get("row_order", "given"), backend=rec.backend, k=k,
             session_len="test" if traffic == "test" else P.session_len, candidates=cands,
             floor_rows=(float(np.mean([len(b) for b, _ in pool[:500]]))
                         if "floor" in stage else None), **extra)

@@ -38,7 +38,7 @@
 #define SR_BATCH 512      /* candidates collected before they are scored (stack array) */
 #define SR_IDS_AHEAD 8    /* neighbor ids whose seen/category entries are prefetched */
 #define SR_ROWS_AHEAD 4   /* candidate rows loading while one is scored */
-/* helpers are inlined into each target clone of sr_top_k, so they get its AVX2 code */
+/* helpers are inlined into each instance of the kernel body, so they get its instruction set */
 #define SR_INLINE static inline __attribute__((always_inline))
 
 static inline float half_to_float(uint16_t h) {
@@ -101,6 +101,20 @@ SR_INLINE v8f load_f16(const uint16_t *p) {
     return out;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SR_X86_DISPATCH 1
+#include <immintrin.h>
+/* the same 8 conversions in one F16C instruction (exact too). Not force-inlined: it is
+ * only inlined into the AVX2+F16C instance of the kernel, and the other instance never
+ * reaches it (its call sites sit behind a constant-false hw_f16). */
+__attribute__((target("avx2,f16c"))) static inline v8f load_f16_hw(const uint16_t *p) {
+    return (v8f)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+#else
+#define SR_X86_DISPATCH 0
+static inline v8f load_f16_hw(const uint16_t *p) { return load_f16(p); }
+#endif
+
 /* the pairwise lane fold of the contract, in registers: lanes j + j+8, then j + j+4 (high
  * half onto low half), then j + j+2, then lane 0 + lane 1 */
 SR_INLINE float fold_vectors(v8f a0, v8f a1) {
@@ -110,16 +124,24 @@ SR_INLINE float fold_vectors(v8f a0, v8f a1) {
     return (lo[0] + lo[2]) + (lo[1] + lo[3]);
 }
 
-/* query . row. is_half is a constant at every call site (score_batch is instantiated per
- * element type), so each instance has a branch-free loop. */
-SR_INLINE float dot(const void *row, const int32_t is_half, const float *q, int32_t dim) {
+/* query . row. is_half and hw_f16 are constants at every call site (score_batch is
+ * instantiated per element type and per instruction set), so each instance has a
+ * branch-free loop. */
+SR_INLINE v8f load_row8(const float *xf, const uint16_t *xh, const int32_t is_half,
+                        const int32_t hw_f16) {
+    if (!is_half) return load_f32(xf);
+    return hw_f16 ? load_f16_hw(xh) : load_f16(xh);
+}
+
+SR_INLINE float dot(const void *row, const int32_t is_half, const int32_t hw_f16,
+                    const float *q, int32_t dim) {
     const float *xf = (const float *)row;
     const uint16_t *xh = (const uint16_t *)row;
     v8f a0 = {0}, a1 = {0};
     int32_t i = 0;
     for (; i + SR_LANES <= dim; i += SR_LANES) {
-        a0 += (is_half ? load_f16(xh + i) : load_f32(xf + i)) * load_f32(q + i);
-        a1 += (is_half ? load_f16(xh + i + 8) : load_f32(xf + i + 8)) * load_f32(q + i + 8);
+        a0 += load_row8(xf + i, xh + i, is_half, hw_f16) * load_f32(q + i);
+        a1 += load_row8(xf + i + 8, xh + i + 8, is_half, hw_f16) * load_f32(q + i + 8);
     }
     if (i == dim) return fold_vectors(a0, a1);
     float acc[SR_LANES];
@@ -182,15 +204,15 @@ SR_INLINE void prefetch_row(const char *row, int64_t row_bytes) {
 /* Score a batch of distinct candidate rows, keeping SR_ROWS_AHEAD whole rows in flight:
  * the rows are scattered over a large mapping, so the loads overlap instead of queueing. */
 SR_INLINE void score_batch(const int32_t *cand, int32_t n, const char *matrix,
-                               int64_t row_bytes, int32_t is_half, int32_t dim,
-                               const float *bias, const float *query, top_k_heap *h) {
+                           int64_t row_bytes, int32_t is_half, int32_t hw_f16, int32_t dim,
+                           const float *bias, const float *query, top_k_heap *h) {
     for (int32_t i = 0; i < n && i < SR_ROWS_AHEAD; i++)
         prefetch_row(matrix + (int64_t)cand[i] * row_bytes, row_bytes);
     for (int32_t i = 0; i < n; i++) {
         if (i + SR_ROWS_AHEAD < n)
             prefetch_row(matrix + (int64_t)cand[i + SR_ROWS_AHEAD] * row_bytes, row_bytes);
         int32_t c = cand[i];
-        float score = dot(matrix + (int64_t)c * row_bytes, is_half, query, dim);
+        float score = dot(matrix + (int64_t)c * row_bytes, is_half, hw_f16, query, dim);
         if (bias) score += bias[c];
         heap_offer(h, score, c);
     }
@@ -198,30 +220,31 @@ SR_INLINE void score_batch(const int32_t *cand, int32_t n, const char *matrix,
 
 /* one branch per batch instead of one per element: each arm inlines a constant is_half */
 SR_INLINE void score_batch_typed(const int32_t *cand, int32_t n, const char *matrix,
-                                 int64_t row_bytes, int32_t is_half, int32_t dim,
-                                 const float *bias, const float *query, top_k_heap *h) {
-    if (is_half) score_batch(cand, n, matrix, row_bytes, 1, dim, bias, query, h);
-    else score_batch(cand, n, matrix, row_bytes, 0, dim, bias, query, h);
+                                 int64_t row_bytes, int32_t is_half, const int32_t hw_f16,
+                                 int32_t dim, const float *bias, const float *query,
+                                 top_k_heap *h) {
+    if (is_half) score_batch(cand, n, matrix, row_bytes, 1, hw_f16, dim, bias, query, h);
+    else score_batch(cand, n, matrix, row_bytes, 0, hw_f16, dim, bias, query, h);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-#define SR_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define SR_CLONES
-#endif
+#define SR_TOP_K_PARAMS \
+    const void *matrix, int32_t is_half, int64_t n_items, int32_t dim, \
+    const float *bias, \
+    const int32_t *neighbors, int32_t row_width, int32_t n_use, \
+    const int32_t *seeds, int32_t n_seeds, int32_t exclude_seeds, \
+    const int32_t *categories, const int32_t *allowed_cats, int32_t n_allowed_cats, \
+    const int32_t *excluded, int32_t n_excluded, \
+    const int32_t *allowed, int32_t n_allowed, \
+    const float *query, \
+    uint32_t *seen, uint32_t *allow_mark, uint32_t epoch, \
+    int32_t k, int32_t *out_rows, float *out_scores, int32_t *out_n_candidates
+#define SR_TOP_K_ARGS \
+    matrix, is_half, n_items, dim, bias, neighbors, row_width, n_use, seeds, n_seeds, \
+    exclude_seeds, categories, allowed_cats, n_allowed_cats, excluded, n_excluded, allowed, \
+    n_allowed, query, seen, allow_mark, epoch, k, out_rows, out_scores, out_n_candidates
 
-SR_CLONES
-int32_t sr_top_k(
-    const void *matrix, int32_t is_half, int64_t n_items, int32_t dim,
-    const float *bias,
-    const int32_t *neighbors, int32_t row_width, int32_t n_use,
-    const int32_t *seeds, int32_t n_seeds, int32_t exclude_seeds,
-    const int32_t *categories, const int32_t *allowed_cats, int32_t n_allowed_cats,
-    const int32_t *excluded, int32_t n_excluded,
-    const int32_t *allowed, int32_t n_allowed,
-    const float *query,
-    uint32_t *seen, uint32_t *allow_mark, uint32_t epoch,
-    int32_t k, int32_t *out_rows, float *out_scores, int32_t *out_n_candidates) {
+/* The kernel body, instantiated below once per instruction set (hw_f16 constant). */
+SR_INLINE int32_t top_k_body(SR_TOP_K_PARAMS, const int32_t hw_f16) {
     const int64_t row_bytes = (int64_t)dim * (is_half ? 2 : 4);
     const char *mat = (const char *)matrix;
     top_k_heap h = {out_rows, out_scores, k, 0};
@@ -268,13 +291,14 @@ int32_t sr_top_k(
             __builtin_prefetch(mat + (int64_t)c * row_bytes);
             batch[n_batch++] = c;
             if (n_batch == SR_BATCH) {
-                score_batch_typed(batch, n_batch, mat, row_bytes, is_half, dim, bias, query, &h);
+                score_batch_typed(batch, n_batch, mat, row_bytes, is_half, hw_f16, dim, bias,
+                                  query, &h);
                 n_scored += n_batch;
                 n_batch = 0;
             }
         }
     }
-    score_batch_typed(batch, n_batch, mat, row_bytes, is_half, dim, bias, query, &h);
+    score_batch_typed(batch, n_batch, mat, row_bytes, is_half, hw_f16, dim, bias, query, &h);
     n_scored += n_batch;
 
     /* heap sort: move the worst to the end, leaving best first */
@@ -285,6 +309,28 @@ int32_t sr_top_k(
     }
     *out_n_candidates = n_scored;
     return h.size;
+}
+
+/* Portable instance: SSE2 on x86-64, whatever the compiler targets elsewhere. */
+static int32_t top_k_base(SR_TOP_K_PARAMS) { return top_k_body(SR_TOP_K_ARGS, 0); }
+
+#if SR_X86_DISPATCH
+/* AVX2 + F16C instance: 8-float vectors in one register, float16 rows converted by
+ * vcvtph2ps (a float16 row costs about as much to score as a float32 row otherwise). */
+__attribute__((target("avx2,f16c")))
+static int32_t top_k_avx2(SR_TOP_K_PARAMS) { return top_k_body(SR_TOP_K_ARGS, 1); }
+#endif
+
+int32_t sr_top_k(SR_TOP_K_PARAMS) {
+#if SR_X86_DISPATCH
+    static int use_avx2 = -1;  /* benign race: every thread computes the same value */
+    if (use_avx2 < 0) {
+        __builtin_cpu_init();
+        use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    }
+    if (use_avx2) return top_k_avx2(SR_TOP_K_ARGS);
+#endif
+    return top_k_base(SR_TOP_K_ARGS);
 }
 
 /* Rows of a session's integer ids: one lower-bound binary search per id in sorted_ids

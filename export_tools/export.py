@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data as D
+from .layout import locality_order, reorder_rows
 
 # Defaults are chosen from the data: a filter becomes the default only if it keeps the true
 # next item at least this often on the training sessions; session items stay excluded only
@@ -241,7 +242,8 @@ def check_parity(bundle: Path, model, catalog: D.Catalog, sessions: list[np.ndar
     ids = np.asarray(catalog.item_ids)
     for rows in sessions:
         session = ids[rows]
-        enc_rows = rec.session_rows(session)
+        # the rows the SDK encodes, as model rows (a bundle may number its rows otherwise)
+        enc_rows = catalog.rows(rec.item_ids[rec.session_rows(session)])
         items = torch.as_tensor(enc_rows[None].astype(np.int64))
         with torch.no_grad():
             q_torch = model.encode(items, model.embed(items))[0].numpy()
@@ -272,13 +274,16 @@ def export_bundle(
     session_filter: str | None = None,
     category_filter: str | None = None,
     n_parity: int = 200,
+    row_order: str = "locality",
     overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[Path, dict]:
     """Export a checkpoint to a bundle; returns (path, report with timings and parity).
 
     ``category_filter``: the bundle's default filter; None chooses it on the checkpoint's
-    validation sessions (or, without them, from the training-data rates)."""
+    validation sessions (or, without them, from the training-data rates). ``row_order``:
+    "locality" numbers the bundle's rows along the neighbor graph (export_tools.layout),
+    "given" keeps the model's item order."""
     import onnx
     import onnxruntime
     import torch
@@ -318,6 +323,14 @@ def export_bundle(
     stats = data_stats(sessions, catalog, max_session_length)
     defaults = choose_defaults(stats, neighbors)
     pop, pop_scores = popularity(sessions, catalog.n_items)
+    arrays = {"item_matrix": matrix, "neighbors": nbrs, "item_ids": np.asarray(catalog.item_ids),
+              "popularity": pop, "item_category": np.asarray(catalog.categories)}
+    if row_order == "locality":
+        t = time.perf_counter()
+        arrays.update(reorder_rows(locality_order(nbrs), **arrays))
+        report["row_order_seconds"] = round(time.perf_counter() - t, 2)
+    elif row_order != "given":
+        raise ValueError(f"row_order must be 'locality' or 'given', got {row_order!r}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
@@ -327,9 +340,8 @@ def export_bundle(
         export_encoder(model, work / "encoder.onnx")
         report["onnx_export_seconds"] = round(time.perf_counter() - t, 2)
         candidate = write_bundle(
-            work / "bundle", encoder=work / "encoder.onnx", item_matrix=matrix,
-            neighbors=nbrs, item_ids=np.asarray(catalog.item_ids), popularity=pop,
-            popularity_scores=pop_scores, item_category=np.asarray(catalog.categories),
+            work / "bundle", encoder=work / "encoder.onnx", popularity_scores=pop_scores,
+            row_order=row_order, **arrays,
             model={"kind": config["model"], "config": model.config,
                    "train_config": config["train_config"], "preset": config.get("preset"),
                    "best_epoch": config.get("best_epoch"),
@@ -383,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", help="training event CSV (default: the checkpoint's)")
     p.add_argument("--items", help="items CSV (default: the checkpoint's)")
     p.add_argument("--parity-sessions", type=int, default=200)
+    p.add_argument("--row-order", choices=["locality", "given"], default="locality",
+                   help="number the bundle's rows along the neighbor graph (default; faster "
+                   "recommend() on large catalogs) or keep the model's item order")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -396,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             neighbors=args.neighbors, similarity=args.similarity,
             max_session_length=args.max_session_length, session_filter=args.session_filter,
             category_filter=args.category_filter,
-            n_parity=args.parity_sessions, overwrite=args.overwrite,
+            n_parity=args.parity_sessions, row_order=args.row_order, overwrite=args.overwrite,
             progress=not args.no_progress)
     except (ParityError, FileExistsError, ValueError) as exc:
         print(f"sessrec export: error: {exc}", file=sys.stderr)

@@ -15,6 +15,8 @@ import numpy as np
 
 from sessrec_sdk.bundle import ENCODER_OUTPUT, write_bundle
 
+from .layout import locality_order, reorder_rows
+
 
 def synthetic_encoder(dim: int, seed: int = 0) -> bytes:
     """Serialized ONNX model: items [1, L] int64, item_emb [1, L, dim] -> query [1, dim]."""
@@ -95,10 +97,15 @@ def build_synthetic_bundle(
     string_ids: bool = False,
     cluster_size: int | None = None,
     max_session_length: int = 3,
+    row_order: str = "locality",
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
-    """Write a synthetic bundle of ``n_items`` items to ``out`` and return its path."""
+    """Write a synthetic bundle of ``n_items`` items to ``out`` and return its path.
+
+    Items are drawn in random cluster order; ``row_order="locality"`` renumbers the rows
+    along the neighbor graph as the export does (export_tools.layout), "given" keeps the
+    drawn order (neighbor rows scattered over the matrix)."""
     if n_items < 2:
         raise ValueError("n_items must be >= 2")
     if dtype not in ("float32", "float16"):
@@ -124,19 +131,23 @@ def build_synthetic_bundle(
 
     ids = rng.choice(10 * n_items, size=n_items, replace=False).astype(np.int64) + 1
     item_ids = np.char.add("sku-", ids.astype(str)) if string_ids else ids
+    arrays = {"item_matrix": vectors.astype(np.float16) if dtype == "float16" else vectors,
+              "neighbors": nbrs, "item_ids": item_ids, "popularity": popularity,
+              "item_category": categories}
+    if row_order == "locality":
+        arrays.update(reorder_rows(locality_order(nbrs), **arrays))
+    elif row_order != "given":
+        raise ValueError(f"row_order must be 'locality' or 'given', got {row_order!r}")
 
     return write_bundle(
         out,
         encoder=synthetic_encoder(dim, seed),
-        item_matrix=vectors.astype(np.float16) if dtype == "float16" else vectors,
-        neighbors=nbrs,
-        item_ids=item_ids,
-        popularity=popularity,
         popularity_scores=pop_scores,
-        item_category=categories,
+        **arrays,
         model={"kind": "synthetic", "config": {"n_items": n_items, "dim": dim, "seed": seed,
                                                "n_clusters": n_clusters}},
         inference={"max_session_length": max_session_length, "session_filter": "none"},
         defaults={"k": 10, "category_filter": "none", "exclude_session_items": True},
+        row_order=row_order,
         overwrite=overwrite,
     )

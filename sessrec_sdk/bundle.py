@@ -49,6 +49,9 @@ ENCODER_OUTPUT = "query"
 
 CATEGORY_FILTERS = ("last", "session", "none")
 SESSION_FILTERS = ("none", "last_category")
+# how the writer numbered the rows (manifest "row_order", informational): "given" = the
+# model's or caller's order, "locality" = along the neighbor graph (export_tools.layout)
+ROW_ORDERS = ("given", "locality")
 CANDIDATE_POLICIES = ("neighbors",)
 DEFAULT_KEYS = ("k", "neighbors", "category_filter", "exclude_session_items", "candidates")
 
@@ -327,18 +330,23 @@ def write_bundle(
     input_embedding: np.ndarray | None = None,
     data_stats: dict[str, Any] | None = None,
     tool_versions: dict[str, str] | None = None,
+    row_order: str = "given",
     overwrite: bool = False,
 ) -> Path:
     """Write a bundle atomically: build it in a sibling temp dir, then rename into place.
 
     ``model`` = {"kind": ..., "config": {...}}; ``inference`` = {"max_session_length": int,
     "session_filter": one of SESSION_FILTERS}; ``defaults`` = {"k", "category_filter",
-    "exclude_session_items", "neighbors", "candidates"}. Arrays are validated with the same
-    checks the reader runs, so a bundle that writes is a bundle that loads.
+    "exclude_session_items", "neighbors", "candidates"}. ``row_order`` only records how the
+    caller numbered the rows ("given": model/id order, "locality": export_tools.layout).
+    Arrays are validated with the same checks the reader runs, so a bundle that writes is
+    a bundle that loads.
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
+    if row_order not in ROW_ORDERS:
+        raise ValueError(f"row_order must be one of {ROW_ORDERS}, got {row_order!r}")
     item_ids = np.asarray(item_ids)
     if item_ids.dtype.kind in "iu":
         if item_ids.size and (item_ids.min() <= INT64_MIN):
@@ -374,6 +382,7 @@ def write_bundle(
                           else item_matrix).shape[1]),
         "item_dtype": str(item_matrix.dtype),
         "neighbors_per_item": int(neighbors.shape[1]),
+        "row_order": row_order,
         "id_kind": id_kind,
         "has_categories": item_category is not None,
         "has_bias": item_bias is not None,

@@ -22,10 +22,10 @@ def _synth(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     path = build_synthetic_bundle(
         args.out, n_items=args.items, dim=args.dim, neighbors=args.neighbors, seed=args.seed,
-        dtype=args.dtype, string_ids=args.string_ids, overwrite=args.overwrite,
-        progress=sys.stderr.isatty())
+        dtype=args.dtype, string_ids=args.string_ids, row_order=args.row_order,
+        overwrite=args.overwrite, progress=sys.stderr.isatty())
     print(f"wrote {path} ({args.items:,} items, d={args.dim}, K={args.neighbors}, "
-          f"{args.dtype}) in {time.perf_counter() - t0:.1f} s")
+          f"{args.dtype}, {args.row_order} row order) in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     s.add_argument("--string-ids", action="store_true")
+    s.add_argument("--row-order", choices=["locality", "given"], default="locality",
+                   help="number rows along the neighbor graph (default) or keep the drawn "
+                   "order (docs/kernels.md)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_synth)
 

@@ -166,9 +166,33 @@ def test_export_parity_and_round_trip(tiny_run):
     assert m["defaults"]["category_filter"] == max(hr, key=hr.get)
     assert report["category_filter_choice"] == "best validation HR@20"
     catalog_ids = np.load(ckpt / "item_ids.npy")
-    np.testing.assert_array_equal(rec.item_ids, catalog_ids)
+    # rows are renumbered along the neighbor graph: the same catalog in another order
+    assert m["row_order"] == "locality"
+    np.testing.assert_array_equal(np.sort(rec.item_ids), np.sort(catalog_ids))
+    assert not np.array_equal(rec.item_ids, catalog_ids)
     out = rec.recommend(catalog_ids[:3].tolist(), k=10)
     assert len(out) == 10 and out.fallback is None
+
+
+def test_export_row_order_does_not_change_answers(tiny_run, tmp_path):
+    """A bundle in the model's row order answers exactly like the default (locality) one."""
+    root, ckpt, bundle, _ = tiny_run
+    given, report = export_bundle(ckpt, tmp_path / "given", neighbors=20, n_parity=20,
+                                  category_filter="session", row_order="given",
+                                  progress=False)
+    assert report["parity"]["max_abs_score_diff"] <= 1e-4
+    a, b = Recommender.load(bundle), Recommender.load(given)
+    assert b.manifest["row_order"] == "given"
+    np.testing.assert_array_equal(b.item_ids, np.load(ckpt / "item_ids.npy"))
+    sessions = [x for x, _ in zip(*load_test_examples(root / "test.csv"))][:150]
+    assert len(sessions) >= 100
+    for x in sessions:
+        for f in ("none", "last", "session"):
+            ra, rb = a.recommend(x, k=20, category_filter=f), b.recommend(x, k=20,
+                                                                          category_filter=f)
+            np.testing.assert_array_equal(ra.item_ids, rb.item_ids)
+            np.testing.assert_allclose(ra.scores, rb.scores, rtol=0, atol=1e-6)
+            assert ra.fallback == rb.fallback
 
 
 def test_validation_sessions_only_from_the_checkpoint_data(tiny_run, tmp_path):
