@@ -33,8 +33,12 @@ from sessrec_sdk.result import Recommendation
 P = C.profile_from_env()
 STAGES = ("recommend", "id mapping", "encoder", "kernel", "result building",
           "kernel, hot", "numpy gather floor", "numpy matmul floor", "numpy matmul floor, hot")
-# the stages timed again on the reference catalog with its rows in drawn order
-ROW_ORDER_STAGES = ("recommend", "kernel", "numpy gather floor")
+# variants of the reference catalog (bundle changes, stages timed again): its rows in drawn
+# order, its item matrix in float16 (numpy has no fast float16 matmul: no floor for it)
+VARIANTS = {
+    "given row order": ({"row_order": "given"}, ("recommend", "kernel", "numpy gather floor")),
+    "float16 item matrix": ({"dtype": "float16"}, ("recommend", "kernel")),
+}
 
 
 class Prepared:
@@ -140,15 +144,15 @@ def _prepared(suite, which: str, traffic: str) -> Prepared:
         if which == "grainrec":
             rec = suite.grainrec()
             pool = suite.pool(rec, rec.manifest["inference"]["max_session_length"], traffic)
-        else:  # the reference bundle, or the same catalog with its rows in drawn order
-            spec = P.ref if which == "reference" else P.spec(row_order="given")
+        else:
+            spec = P.ref if which == "reference" else P.spec(**VARIANTS[which][0])
             rec = suite.rec(spec)
             pool = suite.pool(rec, P.session_len, traffic)
         _PREPARED[key] = Prepared(rec, pool, P.k)
     return _PREPARED[key]
 
 
-CASES = [("reference", t) for t in C.TRAFFIC] + [("given row order", t) for t in C.TRAFFIC]
+CASES = [(which, t) for which in ("reference", *VARIANTS) for t in C.TRAFFIC]
 if P.grainrec:
     CASES.append(("grainrec", "test"))
 
@@ -158,8 +162,8 @@ if P.grainrec:
 def test_stage(measure, suite, which, traffic, stage):
     prep = _prepared(suite, which, traffic)
     s, rec, k = prep.s, prep.rec, prep.k
-    if which == "given row order" and stage not in ROW_ORDER_STAGES:
-        pytest.skip("row order changes only where the rows are read")
+    if which in VARIANTS and stage not in VARIANTS[which][1]:
+        pytest.skip(f"{which}: only the stages that read the item matrix are timed again")
     scratch = s.scratch()
     if stage == "recommend":
         fn, pool = (lambda x: rec.recommend(x, k=k)), prep.pool

@@ -33,7 +33,10 @@ def test_benchmark_smoke_run(tmp_path):
     for expected in ("test_reference[uniform]", "test_reference[popular]",
                      "test_alternative[1000-onnx-uniform]", "test_alternative[4000-hnsw-popular]",
                      "test_stage[reference-uniform-kernel]", "test_backend[numba-popular]",
-                     "test_dtype[float16-uniform]", "test_session_length[20-popular]"):
+                     "test_dtype[float16-uniform]", "test_session_length[20-popular]",
+                     "test_row_order[given-uniform]",
+                     "test_stage[given row order-popular-kernel]",
+                     "test_stage[float16 item matrix-uniform-kernel]"):
         assert any(n.endswith(expected) for n in names), (expected, sorted(names))
     assert all(b["stats"]["data"] for b in latency["benchmarks"])  # raw rounds for p99
 
@@ -43,7 +46,8 @@ def test_benchmark_smoke_run(tmp_path):
 
     report = (out / "BENCHMARKS.md").read_text()
     for section in ("## Headline", "## Latency sweeps", "## Where the time of a call goes",
-                    "## Memory and start-up", "p99"):
+                    "## Memory and start-up", "p99", "### Row order",
+                    "rows in drawn order", "float16 item matrix"):
         assert section in report
     assert (out / "latency.png").stat().st_size > 10_000
     assert elapsed < 60, f"the smoke run took {elapsed:.0f} s (budget 60 s)"
