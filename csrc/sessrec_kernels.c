@@ -321,14 +321,24 @@ __attribute__((target("avx2,f16c")))
 static int32_t top_k_avx2(SR_TOP_K_PARAMS) { return top_k_body(SR_TOP_K_ARGS, 1); }
 #endif
 
-int32_t sr_top_k(SR_TOP_K_PARAMS) {
+/* Which instance sr_top_k runs: -1 not chosen yet, 0 portable, 1 AVX2 + F16C. */
+static int32_t sr_isa = -1;
+
+int32_t sr_kernel_isa(int32_t request) {
+    int32_t best = 0;
 #if SR_X86_DISPATCH
-    static int use_avx2 = -1;  /* benign race: every thread computes the same value */
-    if (use_avx2 < 0) {
-        __builtin_cpu_init();
-        use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-    }
-    if (use_avx2) return top_k_avx2(SR_TOP_K_ARGS);
+    __builtin_cpu_init();
+    best = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+#endif
+    if (request == 0) sr_isa = 0;
+    else if (request > 0 || sr_isa < 0) sr_isa = best;  /* benign race: same value */
+    return sr_isa;
+}
+
+int32_t sr_top_k(SR_TOP_K_PARAMS) {
+    if (sr_isa < 0) sr_kernel_isa(-1);
+#if SR_X86_DISPATCH
+    if (sr_isa == 1) return top_k_avx2(SR_TOP_K_ARGS);
 #endif
     return top_k_base(SR_TOP_K_ARGS);
 }

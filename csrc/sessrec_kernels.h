@@ -23,6 +23,11 @@ int32_t sr_top_k(
     uint32_t *seen, uint32_t *allow_mark, uint32_t epoch,
     int32_t k, int32_t *out_rows, float *out_scores, int32_t *out_n_candidates);
 
+/* The instruction set sr_top_k uses: request -1 = keep (the best this CPU has, chosen on
+ * first use), 0 = the portable instance, 1 = the best again. Returns 0 (portable) or 1
+ * (AVX2 + F16C). Both give identical results; tests run both. */
+int32_t sr_kernel_isa(int32_t request);
+
 int32_t sr_find_int64(
     const int64_t *sorted_ids, const int32_t *order, int64_t n,
     const int64_t *ids, int32_t n_ids, int32_t *out_rows);

@@ -40,14 +40,20 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"bundle       {Path(args.bundle).resolve()}")
     print(f"format       v{m['format_version']}, model {m['model']['kind']}")
     print(f"items        {m['n_items']:,} ({m['id_kind']} ids), d={m['dim']} "
-          f"{m['item_dtype']}, K={m['neighbors_per_item']}")
+          f"{m['item_dtype']}, K={m['neighbors_per_item']}, "
+          f"{m.get('row_order', 'given')} row order")
     print(f"size         {size / 2**20:,.1f} MiB in {len(m['files'])} files")
     print(f"inference    {json.dumps(m['inference'])}")
     print(f"defaults     {json.dumps(m['defaults'])}")
     if m.get("data_stats"):
         print(f"data stats   {json.dumps(m['data_stats'])}")
     print(f"written by   {json.dumps(m['created_by'])}")
-    print(f"backend      {rec.backend}")
+    isa = ""
+    if rec.backend == "c":
+        from .kernels.c_backend import instruction_set
+
+        isa = f" ({instruction_set()})"
+    print(f"backend      {rec.backend}{isa}")
     print(f"load         {load_ms:.1f} ms")
     return 0
 

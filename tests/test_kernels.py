@@ -28,6 +28,19 @@ def test_all_backends_available_here():
     assert BACKENDS == ["c", "numba", "numpy"]
 
 
+def test_c_kernel_instruction_sets():
+    from sessrec_sdk.kernels.c_backend import instruction_set
+
+    best = instruction_set()
+    try:
+        assert instruction_set("portable") == "portable"
+        assert instruction_set() == "portable"
+    finally:
+        assert instruction_set("best") == best
+    with pytest.raises(ValueError):
+        instruction_set("sse9")
+
+
 @st.composite
 def problems(draw):
     n = draw(st.integers(2, 60))
@@ -43,6 +56,11 @@ def problems(draw):
         matrix = rng.standard_normal((n, dim)).astype(np.float32)
     if half:
         matrix = matrix.astype(np.float16)
+        if draw(st.booleans()):  # subnormal, tiny and signed-zero halves widen exactly
+            special = np.array([6e-8, -6e-8, 3e-5, -1e-7, 6.1e-5, -0.0, 1.0, 0.5],
+                               dtype=np.float16)
+            mask = rng.random(matrix.shape) < 0.3
+            matrix[mask] = rng.choice(special, size=int(mask.sum()))
     neighbors = rng.integers(-1, n, size=(n, width)).astype(np.int32)
     categories = rng.integers(0, 4, size=n).astype(np.int32)
     bias = rng.standard_normal(n).astype(np.float32) if draw(st.booleans()) else None
@@ -89,6 +107,15 @@ def test_backends_agree_exactly(problem):
     for name in BACKENDS:
         kernel = make_kernel(cat, name)
         results[name] = kernel.top_k(q, Scratch(cat.n_items))
+    if "c" in BACKENDS:  # the C kernel's other instruction set too
+        from sessrec_sdk.kernels.c_backend import instruction_set
+
+        best = instruction_set()
+        try:
+            other = instruction_set("portable" if best != "portable" else "best")
+            results[f"c/{other}"] = make_kernel(cat, "c").top_k(q, Scratch(cat.n_items))
+        finally:
+            instruction_set("best")
     ref_rows, ref_scores, ref_n = results["numpy"]
     for name, (rows, scores, n_cand) in results.items():
         assert rows.dtype == np.int32 and scores.dtype == np.float32

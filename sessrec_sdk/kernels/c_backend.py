@@ -13,6 +13,19 @@ _buf = ffi.from_buffer
 _top_k = lib.sr_top_k
 
 
+ISAS = ("portable", "avx2+f16c")
+
+
+def instruction_set(request: str | None = None) -> str:
+    """The instruction set the C kernel runs ("portable" or "avx2+f16c", the best the CPU
+    has by default). ``request`` switches it for the whole process (tests run both; the
+    answers are identical): "portable", or "best"."""
+    if request not in (None, "portable", "best"):
+        raise ValueError(f"request must be None, 'portable' or 'best', got {request!r}")
+    code = {None: -1, "portable": 0, "best": 1}[request]
+    return ISAS[lib.sr_kernel_isa(code)]
+
+
 def _ptr(ctype: str, arr: np.ndarray | None):
     return ffi.NULL if arr is None else ffi.cast(ctype, ffi.from_buffer(arr))
 
