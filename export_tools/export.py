@@ -231,14 +231,19 @@ def parity_sessions(sessions_rows: list[np.ndarray], n: int, seed: int = 0
 
 
 def check_parity(bundle: Path, model, catalog: D.Catalog, sessions: list[np.ndarray]) -> dict:
-    """Max |SDK score - torch score| over the candidates of each session; raises above tol."""
+    """Max |SDK score - torch score| over the candidates of each session; raises above tol.
+
+    A float16 bundle is checked against the torch query times the rows it holds (the
+    model's rows rounded to float16); the report adds how far rounding moved the scores."""
     import torch
 
     from sessrec_sdk import Recommender
 
     rec = Recommender.load(bundle)
-    matrix = model.item_matrix().detach().numpy()
-    worst_query = worst_score = 0.0
+    model_matrix = model.item_matrix().detach().numpy().astype(np.float32)
+    half = rec.manifest["item_dtype"] == "float16"
+    matrix = model_matrix.astype(np.float16).astype(np.float32) if half else model_matrix
+    worst_query = worst_score = worst_rounding = 0.0
     ids = np.asarray(catalog.item_ids)
     for rows in sessions:
         session = ids[rows]
@@ -254,8 +259,13 @@ def check_parity(bundle: Path, model, catalog: D.Catalog, sessions: list[np.ndar
         out_rows = catalog.rows(out.item_ids)
         expected = matrix[out_rows] @ q_torch
         worst_score = max(worst_score, float(np.abs(out.scores - expected).max()))
+        if half:
+            exact = model_matrix[out_rows] @ q_torch
+            worst_rounding = max(worst_rounding, float(np.abs(expected - exact).max()))
     result = {"sessions": len(sessions), "max_abs_query_diff": worst_query,
               "max_abs_score_diff": worst_score, "tolerance": PARITY_TOLERANCE}
+    if half:
+        result["max_abs_float16_rounding"] = worst_rounding
     if worst_score > PARITY_TOLERANCE or worst_query > PARITY_TOLERANCE:
         raise ParityError(f"ONNX+SDK scores differ from torch by {worst_score:.2e} (query "
                           f"{worst_query:.2e}) > {PARITY_TOLERANCE}: bundle not written")
@@ -275,6 +285,7 @@ def export_bundle(
     category_filter: str | None = None,
     n_parity: int = 200,
     row_order: str = "locality",
+    item_dtype: str = "float32",
     overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[Path, dict]:
@@ -283,18 +294,24 @@ def export_bundle(
     ``category_filter``: the bundle's default filter; None chooses it on the checkpoint's
     validation sessions (or, without them, from the training-data rates). ``row_order``:
     "locality" numbers the bundle's rows along the neighbor graph (export_tools.layout),
-    "given" keeps the model's item order."""
+    "given" keeps the model's item order. ``item_dtype="float16"`` stores the scored rows
+    in half precision (half the bytes a call reads; scores move by the rounding, reported
+    by the parity check) and the encoder's input rows in float32."""
     import onnx
     import onnxruntime
     import torch
 
-    from sessrec_sdk.bundle import update_manifest, write_bundle
+    from sessrec_sdk.bundle import ROW_ORDERS, update_manifest, write_bundle
 
     from .train import load_checkpoint, load_training_data
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if row_order not in ROW_ORDERS:
+        raise ValueError(f"row_order must be one of {ROW_ORDERS}, got {row_order!r}")
+    if item_dtype not in ("float32", "float16"):
+        raise ValueError(f"item_dtype must be 'float32' or 'float16', got {item_dtype!r}")
     t0 = time.perf_counter()
     model, catalog, config = load_checkpoint(checkpoint)
     data = config.get("data", {})
@@ -325,12 +342,14 @@ def export_bundle(
     pop, pop_scores = popularity(sessions, catalog.n_items)
     arrays = {"item_matrix": matrix, "neighbors": nbrs, "item_ids": np.asarray(catalog.item_ids),
               "popularity": pop, "item_category": np.asarray(catalog.categories)}
+    if item_dtype == "float16":
+        if np.abs(matrix).max() > np.finfo(np.float16).max:
+            raise ValueError("item vectors exceed the float16 range: export as float32")
+        arrays.update(item_matrix=matrix.astype(np.float16), input_embedding=matrix)
     if row_order == "locality":
         t = time.perf_counter()
         arrays.update(reorder_rows(locality_order(nbrs), **arrays))
         report["row_order_seconds"] = round(time.perf_counter() - t, 2)
-    elif row_order != "given":
-        raise ValueError(f"row_order must be 'locality' or 'given', got {row_order!r}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
@@ -395,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", help="training event CSV (default: the checkpoint's)")
     p.add_argument("--items", help="items CSV (default: the checkpoint's)")
     p.add_argument("--parity-sessions", type=int, default=200)
+    p.add_argument("--item-dtype", choices=["float32", "float16"], default="float32",
+                   help="precision of the scored item rows: float16 halves what a call reads "
+                   "(scores move by the rounding; the encoder keeps float32 inputs)")
     p.add_argument("--row-order", choices=["locality", "given"], default="locality",
                    help="number the bundle's rows along the neighbor graph (default; faster "
                    "recommend() on large catalogs) or keep the model's item order")
@@ -411,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             neighbors=args.neighbors, similarity=args.similarity,
             max_session_length=args.max_session_length, session_filter=args.session_filter,
             category_filter=args.category_filter,
-            n_parity=args.parity_sessions, row_order=args.row_order, overwrite=args.overwrite,
+            n_parity=args.parity_sessions, row_order=args.row_order,
+            item_dtype=args.item_dtype, overwrite=args.overwrite,
             progress=not args.no_progress)
     except (ParityError, FileExistsError, ValueError) as exc:
         print(f"sessrec export: error: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sessrec_sdk.bundle import ENCODER_OUTPUT, write_bundle
+from sessrec_sdk.bundle import ENCODER_OUTPUT, ROW_ORDERS, write_bundle
 
 from .layout import locality_order, reorder_rows
 
@@ -110,6 +110,8 @@ def build_synthetic_bundle(
         raise ValueError("n_items must be >= 2")
     if dtype not in ("float32", "float16"):
         raise ValueError("dtype must be float32 or float16")
+    if row_order not in ROW_ORDERS:
+        raise ValueError(f"row_order must be one of {ROW_ORDERS}, got {row_order!r}")
     rng = np.random.default_rng(seed)
     cluster_size = cluster_size or max(2 * neighbors, 64)
     n_clusters = max(1, n_items // cluster_size)
@@ -136,8 +138,6 @@ def build_synthetic_bundle(
               "item_category": categories}
     if row_order == "locality":
         arrays.update(reorder_rows(locality_order(nbrs), **arrays))
-    elif row_order != "given":
-        raise ValueError(f"row_order must be 'locality' or 'given', got {row_order!r}")
 
     return write_bundle(
         out,

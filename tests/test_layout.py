@@ -84,3 +84,9 @@ def test_same_answers_in_either_row_order(pair):
     a, b = given.recommend([-5], k=30), local.recommend([-5], k=30)
     np.testing.assert_array_equal(a.item_ids, b.item_ids)
     assert a.fallback == b.fallback is not None
+
+
+def test_unknown_row_order_rejected_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="row_order"):
+        build_synthetic_bundle(tmp_path / "x", n_items=10**7, row_order="random")
+    assert not (tmp_path / "x").exists()
