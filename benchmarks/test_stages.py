@@ -152,18 +152,17 @@ def _prepared(suite, which: str, traffic: str) -> Prepared:
     return _PREPARED[key]
 
 
-CASES = [(which, t) for which in ("reference", *VARIANTS) for t in C.TRAFFIC]
+CASES = [("reference", t, stage) for t in C.TRAFFIC for stage in STAGES]
+CASES += [(which, t, stage) for which, (_, stages) in VARIANTS.items() for t in C.TRAFFIC
+          for stage in stages]
 if P.grainrec:
-    CASES.append(("grainrec", "test"))
+    CASES += [("grainrec", "test", stage) for stage in STAGES]
 
 
-@pytest.mark.parametrize("stage", STAGES)
-@pytest.mark.parametrize("which,traffic", CASES)
+@pytest.mark.parametrize("which,traffic,stage", CASES)
 def test_stage(measure, suite, which, traffic, stage):
     prep = _prepared(suite, which, traffic)
     s, rec, k = prep.s, prep.rec, prep.k
-    if which in VARIANTS and stage not in VARIANTS[which][1]:
-        pytest.skip(f"{which}: only the stages that read the item matrix are timed again")
     scratch = s.scratch()
     if stage == "recommend":
         fn, pool = (lambda x: rec.recommend(x, k=k)), prep.pool

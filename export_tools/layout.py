@@ -4,8 +4,9 @@ A recommend() call scores the neighbor rows of a few session items. With rows in
 (or id) order those rows are scattered over the whole matrix, so every row is a separate
 trip to memory (and a separate address translation). Renumbering the rows along the
 neighbor graph lets the rows of one neighbor list share pages and cache-line streams:
-on the 1M-item reference bundle the kernel reads about 110 distinct 4 KB pages per
-3-item session instead of 300, and takes about two thirds of the time (docs/kernels.md).
+on the 1M-item reference bundle a 3-item session's rows fall in about 115 distinct 4 KB
+pages instead of 300, and the kernel alone took 40 / 33 µs instead of 50 / 55 µs
+(uniform / popular sessions, uncontended rounds; docs/kernels.md, BENCHMARKS.md).
 
 The order is reverse Cuthill-McKee over the neighbor graph (scipy), the standard
 bandwidth-reducing order: a breadth-first walk, so an item's neighbors are numbered near
