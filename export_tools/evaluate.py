@@ -1,25 +1,35 @@
 """Next-item evaluation: baselines, the model's full-catalog ranking, the SDK path.
 
-Protocol (DESIGN.md): for every test session the last event is the target and the events
-before it are the input. Targets never seen in training stay in the denominator (a miss
-for every method). Ranks are 0-based; ties count in the target's favour for full-catalog
-rankings, list position for list-returning methods.
+Two protocols, each row of the result says which (``protocol``):
+  last       for every test session the last event is the target and the events before
+             it are the input (the dataset README's reference protocol);
+  prefixes   every prefix of every test session predicts its next item (s[:i] -> s[i],
+             i = 1..n-1): the protocol SR-GNN, LESSR and Atten-Mixer publish.
+Targets never seen in training stay in the denominator (a miss for every method). Ranks
+are 0-based; ties count in the target's favour for full-catalog rankings, list position
+for list-returning methods; a non-finite target score is a miss (export_tools.metrics).
 
 Rows of the table (method names are stable, scripts read them from the JSON):
   popularity                 most popular training items
   transition                 most frequent successors of the last item, popularity fill
-  grainrec/full              the torch model over the whole catalog (needs --checkpoint)
-  grainrec/full-sdk-query    the bundle's query (SDK session handling) over the whole
+  <model>/full               the torch model over the whole catalog (needs --checkpoint),
+                             with its training-time session handling
+  <model>/full-sdk-query     the bundle's query (SDK session handling) over the whole
                              catalog: separates the cost of candidates from that of the
                              session truncation/filter
-  grainrec/sdk               Recommender.recommend with the bundle's defaults
-  grainrec/sdk/<filter>      each category filter (last, session, none)
-  grainrec/sdk/neighbors=<n> the neighbors-per-item sweep (paper Fig. 4)
+  <model>/full-sdk-post      the same, after the SDK's post-processing with the bundle's
+                             defaults (session items excluded if the bundle does, the same
+                             category filter): ``<model>/sdk`` differs from it only by the
+                             candidate path (neighbors instead of the whole catalog)
+  <model>/sdk                Recommender.recommend with the bundle's defaults
+  <model>/sdk/<filter>       each category filter (last, session, none)
+  <model>/sdk/neighbors=<n>  the neighbors-per-item sweep (paper Fig. 4)
 
-Every SDK row runs every test session through ``Recommender.recommend``. A session's query
+Every SDK row runs every test example through ``Recommender.recommend``. A session's query
 vector depends on the session only, so after the first SDK pass the encoder's answers are
 memoised (:class:`MemoEncoder`) and the other passes cost the kernel alone; the latency
-columns come from separate, unmemoised calls on the first ``latency_sessions`` sessions.
+columns (protocol "last" only) come from separate, unmemoised calls on the first
+``latency_sessions`` sessions.
 """
 from __future__ import annotations
 
@@ -33,36 +43,10 @@ from pathlib import Path
 import numpy as np
 
 from . import data as D
+from .metrics import KS, MISS, list_rank, rank_in_scores, ranking_metrics  # noqa: F401
 
-KS = (10, 20)
 SWEEP = (25, 50, 75, 100, 125, 150)
 LATENCY_SESSIONS = 2000  # timed recommend() calls per SDK row
-
-
-# ------------------------------------------------------------------------ metrics
-
-
-def ranking_metrics(ranks: np.ndarray, n: int | None = None, ks: Sequence[int] = KS) -> dict:
-    """HR@K, MRR@K, NDCG@K from 0-based ranks (a miss is any rank >= max K).
-
-    ``n`` is the denominator (default: len(ranks)).
-    """
-    ranks = np.asarray(ranks, dtype=np.float64)
-    n = len(ranks) if n is None else n
-    out = {}
-    for k in ks:
-        hit = ranks < k
-        denom = max(n, 1)
-        out[f"HR@{k}"] = float(hit.sum() / denom)
-        out[f"MRR@{k}"] = float((1.0 / (ranks[hit] + 1)).sum() / denom)
-        out[f"NDCG@{k}"] = float((1.0 / np.log2(ranks[hit] + 2)).sum() / denom)
-    return out
-
-
-def list_rank(recommended: np.ndarray, target) -> int:
-    """Position of ``target`` in a recommendation list, or a miss (10**9)."""
-    hits = np.flatnonzero(recommended == target)
-    return int(hits[0]) if hits.size else 10**9
 
 
 # ------------------------------------------------------------------------ baselines
@@ -101,10 +85,21 @@ class TransitionBaseline:
 # ------------------------------------------------------------------------ evaluation
 
 
-def load_test_examples(test_csv: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
-    """(inputs as external ids, targets) of every test session with >= 2 events."""
+PROTOCOLS = ("last", "prefixes")
+
+
+def load_test_examples(test_csv: str | Path, protocol: str = "last"
+                       ) -> tuple[list[np.ndarray], np.ndarray]:
+    """(inputs as external ids, targets) of every test session with >= 2 events: its last
+    event (``protocol="last"``) or every prefix's next event (``"prefixes"``)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     sessions = [s for s in D.sessionize(D.read_events(test_csv)) if len(s) >= 2]
-    return [s[:-1] for s in sessions], np.array([s[-1] for s in sessions], dtype=np.int64)
+    if protocol == "last":
+        return [s[:-1] for s in sessions], np.array([s[-1] for s in sessions], dtype=np.int64)
+    inputs = [s[:i] for s in sessions for i in range(1, len(s))]
+    targets = np.array([s[i] for s in sessions for i in range(1, len(s))], dtype=np.int64)
+    return inputs, targets
 
 
 def _progress(it, desc: str, enabled: bool, total: int | None = None):
@@ -152,99 +147,178 @@ def latency(call: Callable[[np.ndarray], object], inputs: list[np.ndarray]) -> d
             "latency_calls": len(inputs)}
 
 
-def full_catalog_ranks_sdk_query(rec, inputs, targets, progress: bool) -> np.ndarray:
-    """Rank of the target among all items scored with the SDK's own query vector."""
-    matrix = np.asarray(rec._served.bundle.item_matrix, dtype=np.float32)
-    ids = rec._served.bundle.ids
+def full_catalog_ranks_sdk(rec, inputs, targets, progress: bool, block: int = 512
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks of the targets among all items scored with the SDK's own query vector:
+    (plain, after the SDK's post-processing with the bundle's defaults).
+
+    Post-processing as ``Recommender.recommend`` does it: the session's known items are
+    excluded when the bundle's default says so, and items outside the default category
+    filter's categories (of the encoded window) are dropped; a target removed that way is
+    a miss. A session without a known item has no query: a miss in both rankings."""
+    import torch
+
+    served = rec._served
+    bundle = served.bundle
+    ids = bundle.ids
+    matrix = torch.from_numpy(np.array(bundle.item_matrix, dtype=np.float32))
+    bias = None if bundle.item_bias is None else torch.from_numpy(
+        np.asarray(bundle.item_bias, dtype=np.float32))
+    cats = None if bundle.item_category is None else np.asarray(bundle.item_category)
+    defaults = rec.manifest["defaults"]
+    cat_filter = defaults["category_filter"] if cats is not None else "none"
+    exclude = bool(defaults["exclude_session_items"])
+    n_cats = int(cats.max()) + 1 if cats is not None and cats.size else 0
     target_rows = ids.rows(ids.coerce(targets))
-    ranks = np.full(len(targets), 10**9, dtype=np.int64)
-    for i, x in enumerate(_progress(inputs, "full-sdk-query", progress)):
-        q = rec.query(x)
-        if q is None or target_rows[i] < 0:
-            continue
-        scores = matrix @ q
-        ranks[i] = int((scores > scores[target_rows[i]]).sum())
-    return ranks
+    plain = np.full(len(targets), MISS, dtype=np.int64)
+    post = np.full(len(targets), MISS, dtype=np.int64)
+    starts = _progress(range(0, len(targets), block), "full-sdk", progress,
+                       (len(targets) + block - 1) // block)
+    d = matrix.shape[1]
+    for start in starts:
+        idx = np.arange(start, min(start + block, len(targets)))
+        queries = np.zeros((len(idx), d), dtype=np.float32)
+        has_q = np.zeros(len(idx), dtype=bool)
+        knowns = []
+        for j, i in enumerate(idx):
+            known = ids.known(ids.coerce(inputs[i]))[0]
+            knowns.append(known)
+            q = rec.query(inputs[i]) if known.size else None
+            if q is not None:
+                queries[j], has_q[j] = q, True
+        with torch.no_grad():
+            scores = torch.from_numpy(queries) @ matrix.T
+            if bias is not None:
+                scores += bias
+            ok = has_q & (target_rows[idx] >= 0)
+            rows = torch.from_numpy(np.maximum(target_rows[idx], 0).astype(np.int64))
+            r = rank_in_scores(scores, scores.gather(1, rows[:, None])[:, 0]).numpy()
+            plain[idx[ok]] = r[ok]
+            if exclude:
+                for j, known in enumerate(knowns):
+                    scores[j, torch.from_numpy(known.astype(np.int64))] = -torch.inf
+            if cat_filter != "none":
+                allowed = torch.zeros((len(idx), n_cats), dtype=torch.bool)
+                for j, known in enumerate(knowns):
+                    window = known[-served.max_length:]
+                    if window.size:
+                        use = window[-1:] if cat_filter == "last" else window
+                        allowed[j, torch.from_numpy(cats[use].astype(np.int64))] = True
+                item_ok = allowed[:, torch.from_numpy(cats.astype(np.int64))]
+                scores.masked_fill_(~item_ok, -torch.inf)
+            r = rank_in_scores(scores, scores.gather(1, rows[:, None])[:, 0]).numpy()
+            post[idx[ok]] = r[ok]
+    return plain, post
 
 
 def full_catalog_ranks_torch(checkpoint: str | Path, inputs, targets, progress: bool
                              ) -> np.ndarray:
     """The torch model's own ranking over the whole catalog, with its training-time session
     handling (last 20 items, same-category filter if trained so)."""
-    from .train import load_checkpoint, make_eval_examples, rank_targets
+    from .checkpoint import load_checkpoint
+    from .examples import make_eval_examples
+    from .metrics import rank_targets
 
     model, catalog, config = load_checkpoint(checkpoint)
     sessions = [np.concatenate([catalog.rows(x), catalog.rows(np.array([t]))])
                 for x, t in zip(inputs, targets)]
     x_rows, t_rows = make_eval_examples(sessions, catalog, config["train_config"])
     ranks = rank_targets(model, x_rows, t_rows, progress=progress)
-    return np.where(ranks >= catalog.n_items, 10**9, ranks)
+    return np.where(ranks >= catalog.n_items, MISS, ranks)
 
 
 def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path | None = None,
              checkpoint: str | Path | None = None, limit: int | None = None,
              sweep: Sequence[int] = SWEEP, latency_sessions: int = LATENCY_SESSIONS,
-             progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """All rows of the evaluation table, as {"rows": [...], "info": {...}}."""
+             protocols: Sequence[str] = PROTOCOLS, progress: bool = True,
+             log: Callable[[str], None] = print) -> dict:
+    """All rows of the evaluation table for each protocol, as {"rows": [...], "info": {...}};
+    every row carries its ``protocol``. ``limit``: the first N test sessions (all their
+    prefixes in the "prefixes" protocol)."""
     from sessrec_sdk import Recommender
 
+    for protocol in protocols:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     rec = Recommender.load(bundle)
     kind = rec.manifest["model"]["kind"]
-    inputs, targets = load_test_examples(test_csv)
-    if limit:
-        inputs, targets = inputs[:limit], targets[:limit]
-    n = len(targets)
-    rows: list[dict] = []
-    info = {"bundle": str(Path(bundle).resolve()), "test": str(test_csv), "n_sessions": n,
-            "defaults": rec.manifest["defaults"], "inference": rec.manifest["inference"],
-            "unknown_targets": int((rec._served.bundle.ids.rows(targets) < 0).sum()),
-            "latency_sessions": min(latency_sessions, n)}
-
-    def add(row: dict) -> None:
-        rows.append(row)
-        log(format_row(row))
-
-    log(header())
-    popular = rec.item_ids[np.asarray(rec._served.bundle.popularity[:max(KS)])]
-    add(evaluate_lists("popularity", lambda x: popular, inputs, targets, False))
-    if train_csv:
-        baseline = TransitionBaseline(D.sessionize(D.read_events(train_csv)))
-        add(evaluate_lists("transition", lambda x: baseline.recommend(x, max(KS)),
-                           inputs, targets, progress))
-    if checkpoint:
-        ranks = full_catalog_ranks_torch(checkpoint, inputs, targets, progress)
-        add({"method": f"{kind}/full", **ranking_metrics(ranks), "n": n})
     served = rec._served
     encoder, memo = served.encoder, MemoEncoder(served.encoder)
-    served.encoder = memo  # evaluation only: this Recommender is private to evaluate()
-    ranks = full_catalog_ranks_sdk_query(rec, inputs, targets, progress)
-    add({"method": f"{kind}/full-sdk-query", **ranking_metrics(ranks), "n": n})
-
+    rows: list[dict] = []
+    info = {"bundle": str(Path(bundle).resolve()), "test": str(test_csv),
+            "protocols": list(protocols), "n_examples": {},
+            "defaults": rec.manifest["defaults"], "inference": rec.manifest["inference"],
+            "unknown_targets": {}}
+    baseline = (TransitionBaseline(D.sessionize(D.read_events(train_csv)))
+                if train_csv else None)
+    popular = rec.item_ids[np.asarray(served.bundle.popularity[:max(KS)])]
     k = max(KS)
-    timed = inputs[:latency_sessions]
 
-    def sdk_row(name: str, **options) -> None:
-        def call(x):
-            return rec.recommend(x, k=k, **options).item_ids
-        served.encoder = encoder  # latency: whole calls, encoder included
-        for x in timed[:200]:  # warm caches and code paths before anything is timed
-            call(x)
-        lat = latency(call, timed)
-        served.encoder = memo
-        add({**evaluate_lists(name, call, inputs, targets, progress), **lat})
+    for protocol in protocols:
+        inputs, targets = load_test_examples(test_csv, protocol)
+        if limit:
+            n_sessions = limit
+            if protocol == "prefixes":  # every prefix of the first `limit` sessions
+                lengths = [len(s) for s in load_test_examples(test_csv, "last")[0]]
+                n_sessions = sum(lengths[:limit])
+            inputs, targets = inputs[:n_sessions], targets[:n_sessions]
+        n = len(targets)
+        info["n_examples"][protocol] = n
+        info["unknown_targets"][protocol] = int((served.bundle.ids.rows(targets) < 0).sum())
+        if protocol == "last":
+            info["n_sessions"] = n
+            info["latency_sessions"] = min(latency_sessions, n)
 
-    sdk_row(f"{kind}/sdk")
-    filters = ("last", "session", "none") if rec.manifest["has_categories"] else ("none",)
-    for f in filters:
-        sdk_row(f"{kind}/sdk/{f}", category_filter=f)
-    width = rec.manifest["neighbors_per_item"]
-    skipped = [m for m in sweep if m > width]
-    if skipped:
-        log(f"(sweep: neighbors {skipped} skipped, the bundle has K={width}; export with "
-            f"--neighbors {max(sweep)} for the whole curve)")
-    for m in (m for m in sweep if m <= width):
-        sdk_row(f"{kind}/sdk/neighbors={m}", neighbors=m)
-    served.encoder = encoder
+        def add(row: dict, protocol=protocol) -> None:
+            row = {"method": row["method"], "protocol": protocol,
+                   **{c: v for c, v in row.items() if c != "method"}}
+            rows.append(row)
+            log(format_row(row))
+
+        log(f"protocol {protocol}: {n:,} examples")
+        log(header())
+        add(evaluate_lists("popularity", lambda x: popular, inputs, targets, False))
+        if baseline is not None:
+            add(evaluate_lists("transition", lambda x: baseline.recommend(x, k),
+                               inputs, targets, progress))
+        if checkpoint:
+            ranks = full_catalog_ranks_torch(checkpoint, inputs, targets, progress)
+            add({"method": f"{kind}/full", **ranking_metrics(ranks), "n": n})
+        served.encoder = memo  # evaluation only: this Recommender is private to evaluate()
+        plain, post = full_catalog_ranks_sdk(rec, inputs, targets, progress)
+        add({"method": f"{kind}/full-sdk-query", **ranking_metrics(plain), "n": n})
+        add({"method": f"{kind}/full-sdk-post", **ranking_metrics(post), "n": n,
+             "post_processing": {"category_filter": rec.manifest["defaults"]["category_filter"]
+                                 if rec.manifest["has_categories"] else "none",
+                                 "exclude_session_items":
+                                     rec.manifest["defaults"]["exclude_session_items"]}})
+        timed = inputs[:latency_sessions] if protocol == "last" else []
+
+        def sdk_row(name: str, timed=timed, inputs=inputs, targets=targets, add=add,
+                    **options) -> None:
+            def call(x):
+                return rec.recommend(x, k=k, **options).item_ids
+            lat = {}
+            if timed:
+                served.encoder = encoder  # latency: whole calls, encoder included
+                for x in timed[:200]:  # warm caches and code paths before anything is timed
+                    call(x)
+                lat = latency(call, timed)
+            served.encoder = memo
+            add({**evaluate_lists(name, call, inputs, targets, progress), **lat})
+
+        sdk_row(f"{kind}/sdk")
+        filters = ("last", "session", "none") if rec.manifest["has_categories"] else ("none",)
+        for f in filters:
+            sdk_row(f"{kind}/sdk/{f}", category_filter=f)
+        width = rec.manifest["neighbors_per_item"]
+        skipped = [m for m in sweep if m > width]
+        if skipped:
+            log(f"(sweep: neighbors {skipped} skipped, the bundle has K={width}; export with "
+                f"--neighbors {max(sweep)} for the whole curve)")
+        for m in (m for m in sweep if m <= width):
+            sdk_row(f"{kind}/sdk/neighbors={m}", neighbors=m)
+        served.encoder = encoder
     return {"rows": rows, "info": info}
 
 
@@ -256,7 +330,7 @@ COLUMNS = [f"{m}@{k}" for k in KS for m in ("HR", "MRR", "NDCG")]
 
 def header() -> str:
     cols = "".join(f"{c:>9}" for c in COLUMNS)
-    return f"{'method':<32}{cols}{'median us':>11}{'p99 us':>9}"
+    return f"{'method':<32}{'protocol':<10}{cols}{'median us':>11}{'p99 us':>9}"
 
 
 def format_row(row: dict) -> str:
@@ -264,7 +338,7 @@ def format_row(row: dict) -> str:
     lat = row.get("latency_median_us")
     p99 = row.get("latency_p99_us")
     lat_s = f"{lat:>11.1f}{p99:>9.1f}" if lat is not None else f"{'':>11}{'':>9}"
-    return f"{row['method']:<32}{cols}{lat_s}"
+    return f"{row['method']:<32}{row.get('protocol', ''):<10}{cols}{lat_s}"
 
 
 def plot(result: dict, path: str | Path) -> None:
@@ -273,14 +347,15 @@ def plot(result: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sweep = [r for r in result["rows"] if "/sdk/neighbors=" in r["method"]]
+    rows = [r for r in result["rows"] if r.get("protocol", "last") == "last"] or result["rows"]
+    sweep = [r for r in rows if "/sdk/neighbors=" in r["method"]]
     if not sweep:
         raise ValueError("no neighbors sweep in the result to plot")
     xs = [int(r["method"].rsplit("=", 1)[1]) for r in sweep]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(xs, [r["HR@20"] for r in sweep], "o-", label="HR@20")
     ax.plot(xs, [r["MRR@20"] for r in sweep], "s-", label="MRR@20")
-    full = [r for r in result["rows"] if r["method"].endswith("/full")]
+    full = [r for r in rows if r["method"].endswith("/full")]
     for r in full:
         ax.axhline(r["HR@20"], ls="--", color="C0", lw=0.8, label="HR@20 full catalog")
     ax.set_xlabel("neighbors per session item")
@@ -293,7 +368,8 @@ def plot(result: dict, path: str | Path) -> None:
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower right", fontsize=8)
-    ax.set_title(f"Accuracy and latency vs neighbors per item ({result['info']['n_sessions']:,}"
+    n_sessions = result["info"].get("n_sessions", 0)
+    ax.set_title(f"Accuracy and latency vs neighbors per item ({n_sessions:,}"
                  " test sessions)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -309,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint directory, for the full-catalog row")
     p.add_argument("--json", help="write {'rows': [...], 'info': {...}} here")
     p.add_argument("--plot", help="write a PNG of accuracy and latency vs neighbors")
+    p.add_argument("--protocol", choices=[*PROTOCOLS, "both"], default="both",
+                   help="last: the last event of each test session; prefixes: every prefix "
+                   "predicts its next event; both (default)")
     p.add_argument("--limit", type=int, help="evaluate only the first N test sessions")
     p.add_argument("--latency-sessions", type=lambda v: max(1, int(v)), default=LATENCY_SESSIONS,
                    help=f"timed recommend() calls per SDK row (default {LATENCY_SESSIONS})")
@@ -325,13 +404,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     result = evaluate(args.bundle, args.test, train_csv=train_csv, checkpoint=args.checkpoint,
                       limit=args.limit, latency_sessions=args.latency_sessions,
+                      protocols=PROTOCOLS if args.protocol == "both" else (args.protocol,),
                       progress=not args.no_progress and sys.stderr.isatty())
     result["info"]["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:
         plot(result, args.plot)
-    print(f"({result['info']['n_sessions']:,} sessions, {result['info']['unknown_targets']} "
+    print(f"({result['info']['n_examples']} examples per protocol, "
+          f"{result['info']['unknown_targets']} "
           f"targets unknown to the bundle; {result['info']['seconds']} s)")
     return 0
 

@@ -25,145 +25,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import data as D
+from .defaults import (  # noqa: F401  (re-exported)
+    FILTER_KEEP_RATE,
+    REPEAT_RATE_TO_KEEP_SEEN,
+    choose_defaults,
+    data_stats,
+    popularity,
+)
 from .layout import locality_order, reorder_rows
+from .neighbors import model_neighbor_space, nearest_neighbors  # noqa: F401  (re-exported)
+from .onnx_export import export_encoder  # noqa: F401  (re-exported)
 
-# Defaults are chosen from the data: a filter becomes the default only if it keeps the true
-# next item at least this often on the training sessions; session items stay excluded only
-# if shoppers re-visit them less often than this.
-FILTER_KEEP_RATE = 0.95
-REPEAT_RATE_TO_KEEP_SEEN = 0.05
+#: Largest |SDK score - torch score| (and |SDK query - torch query|) the export accepts,
+#: over the top-50 candidates of every parity session; above it no bundle is written.
 PARITY_TOLERANCE = 1e-4
 
 
 class ParityError(RuntimeError):
     """The exported encoder + SDK do not reproduce the torch model's scores."""
-
-
-def export_encoder(model, path: Path) -> None:
-    """ONNX encoder: items [1, L] int64, item_emb [1, L, d] float32 -> query [1, d].
-
-    Runs in a fresh process: torch 2.13's exporter keeps state after its first export of an
-    nn.GRU, and every later export in the same process silently fixes the session length
-    to the example's (a static [1, 5] input). A new process exports it dynamic every time.
-    """
-    import multiprocessing
-
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        pool.apply(_export_encoder_here, (type(model), model.config, state, str(path)))
-    import onnx
-
-    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
-            for i in onnx.load(str(path), load_external_data=False).graph.input]
-    if not all(isinstance(shape[1], str) for shape in dims):
-        raise RuntimeError(f"exported encoder has a static session length: inputs {dims}")
-
-
-def _export_encoder_here(model_cls, config: dict, state: dict, path: str) -> None:
-    import torch
-
-    from .models import EncoderForExport
-
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # exporter chatter on stderr
-    model = model_cls.from_config(config)
-    model.load_state_dict(state)
-    wrapper = EncoderForExport(model.eval()).eval()
-    items = torch.tensor([[0, 1, 0, 2, 1]], dtype=torch.int64)  # repeats: a general example
-    with torch.no_grad():
-        emb = model.embed(items)
-    length = torch.export.Dim("L", min=1, max=4096)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            wrapper, (items, emb), dynamo=True, dynamic_shapes=({1: length}, {1: length}),
-            input_names=["items", "item_emb"], output_names=["query"], verbose=False)
-    program.save(path, external_data=False)  # one self-contained file
-
-
-def nearest_neighbors(matrix: np.ndarray, k: int, similarity: str = "cosine",
-                      block: int = 2048, progress: bool = False,
-                      queries: np.ndarray | None = None) -> np.ndarray:
-    """Exact top-k neighbors of every row (itself excluded), best first, ties by row.
-
-    ``similarity``: "cosine" or "inner" between rows of ``matrix``; with ``queries``
-    (one row per item) row i's neighbors are the top-k of queries[i] . matrix.
-    Computed in blocks of rows so memory stays at block x n_items floats.
-    """
-    if similarity not in ("cosine", "inner"):
-        raise ValueError("similarity must be 'cosine' or 'inner'")
-    m = np.asarray(matrix, dtype=np.float32)
-    if similarity == "cosine":
-        m = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
-    q = m if queries is None else np.asarray(queries, dtype=np.float32)
-    n = len(m)
-    k_eff = min(k, n - 1)
-    out = np.full((n, k), -1, dtype=np.int32)
-    starts = range(0, n, block)
-    if progress:
-        from tqdm import tqdm
-        starts = tqdm(starts, desc="neighbors", unit="block", leave=False)
-    import torch
-
-    mt, qt = torch.from_numpy(m), torch.from_numpy(q)
-    for start in starts:
-        stop = min(start + block, n)
-        with torch.no_grad():
-            sims = qt[start:stop] @ mt.T
-            sims[torch.arange(stop - start), torch.arange(start, stop)] = -torch.inf
-            # one extra so that ties at the K-th place are resolved by row below
-            vals, idx = torch.topk(sims, min(k_eff + 1, n - 1), dim=1)
-        vals, idx = vals.numpy(), idx.numpy()
-        order = np.lexsort((idx, -vals), axis=1)[:, :k_eff]
-        out[start:stop, :k_eff] = np.take_along_axis(idx, order, axis=1)
-    return out
-
-
-def model_neighbor_space(model, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """(queries, item matrix) for ``similarity="model"``: item i's neighbors are the items
-    the model itself ranks highest after the one-item session [i]."""
-    import torch
-
-    n = model.config["n_items"]
-    queries = np.empty((n, model.config["dim"]), dtype=np.float32)
-    with torch.no_grad():
-        for start in range(0, n, batch):
-            items = torch.arange(start, min(start + batch, n), dtype=torch.int64)[:, None]
-            queries[start:start + len(items)] = model.encode(items, model.embed(items)).numpy()
-    return queries, model.item_matrix().detach().numpy().astype(np.float32)
-
-
-def data_stats(sessions_rows: list[np.ndarray], catalog: D.Catalog, window: int) -> dict:
-    """Next-item facts of the training sessions, as the SDK sees a session (last
-    ``window`` items): same category as the last item, as any item, repeat of an item."""
-    inputs, targets = D.augment_prefixes(sessions_rows, max_length=window)
-    rates = D.category_rates(inputs, targets, np.asarray(catalog.categories))
-    return {k: (round(float(v), 6) if isinstance(v, float) else v) for k, v in rates.items()}
-
-
-def choose_defaults(stats: dict, neighbors: int) -> dict:
-    """Default per-call options from the measured rates (see FILTER_KEEP_RATE); 100
-    neighbors per item (the paper's setting) unless the bundle has fewer."""
-    if stats["next_same_last_category"] >= FILTER_KEEP_RATE:
-        category_filter = "last"
-    elif stats["next_in_session_categories"] >= FILTER_KEEP_RATE:
-        category_filter = "session"
-    else:
-        category_filter = "none"
-    return {"k": 20, "candidates": "neighbors", "neighbors": min(neighbors, 100),
-            "category_filter": category_filter,
-            "exclude_session_items": stats["next_repeats_session_item"] < REPEAT_RATE_TO_KEEP_SEEN}
 
 
 def category_filter_by_validation(bundle: Path, valid_rows: list[np.ndarray],
@@ -207,13 +96,6 @@ def validation_sessions(sessions: list[np.ndarray], config: dict, train_csv
     return usable, ""
 
 
-def popularity(sessions_rows: list[np.ndarray], n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows by training-event count (ties by row) and each one's share of the events."""
-    counts = np.bincount(np.concatenate(sessions_rows), minlength=n_items).astype(np.float64)
-    order = np.lexsort((np.arange(n_items), -counts)).astype(np.int32)
-    return order, (counts[order] / max(counts.sum(), 1.0)).astype(np.float32)
-
-
 def parity_sessions(sessions_rows: list[np.ndarray], n: int, seed: int = 0
                     ) -> list[np.ndarray]:
     """Real sessions (random prefixes) plus variants with repeated items (a b a c b)."""
@@ -231,18 +113,23 @@ def parity_sessions(sessions_rows: list[np.ndarray], n: int, seed: int = 0
 
 
 def check_parity(bundle: Path, model, catalog: D.Catalog, sessions: list[np.ndarray]) -> dict:
-    """Max |SDK score - torch score| over the candidates of each session; raises above tol.
+    """Max |SDK score - torch score| over the candidates of each session; raises above
+    PARITY_TOLERANCE.
 
-    A float16 bundle is checked against the torch query times the rows it holds (the
-    model's rows rounded to float16); the report adds how far rounding moved the scores."""
+    The reference is the torch model's own scoring (``model.encode`` and ``model.scores``),
+    not the exported tables, so a wrong table (scale, normalisation, bias, row order) shows
+    up here. A float16 bundle is checked against the torch query times the model's rows
+    rounded to float16 (+ bias); the report adds how far rounding moved the scores."""
     import torch
 
     from sessrec_sdk import Recommender
 
     rec = Recommender.load(bundle)
-    model_matrix = model.item_matrix().detach().numpy().astype(np.float32)
     half = rec.manifest["item_dtype"] == "float16"
-    matrix = model_matrix.astype(np.float16).astype(np.float32) if half else model_matrix
+    with torch.no_grad():
+        model_matrix = model.item_matrix().detach().float()
+        bias = model.item_bias()
+    half_matrix = model_matrix.half().float() if half else None
     worst_query = worst_score = worst_rounding = 0.0
     ids = np.asarray(catalog.item_ids)
     for rows in sessions:
@@ -251,17 +138,23 @@ def check_parity(bundle: Path, model, catalog: D.Catalog, sessions: list[np.ndar
         enc_rows = catalog.rows(rec.item_ids[rec.session_rows(session)])
         items = torch.as_tensor(enc_rows[None].astype(np.int64))
         with torch.no_grad():
-            q_torch = model.encode(items, model.embed(items))[0].numpy()
+            q = model.encode(items, model.embed(items))
+            exact_all = model.scores(q)[0]
+        q_torch = q[0].numpy()
         q_sdk = rec.query(session)
         worst_query = max(worst_query, float(np.abs(q_sdk - q_torch).max()))
         out = rec.recommend(session, k=50, category_filter="none",
                             exclude_session_items=False)
-        out_rows = catalog.rows(out.item_ids)
-        expected = matrix[out_rows] @ q_torch
-        worst_score = max(worst_score, float(np.abs(out.scores - expected).max()))
+        out_rows = torch.as_tensor(catalog.rows(out.item_ids).astype(np.int64))
+        exact = exact_all[out_rows].numpy()
         if half:
-            exact = model_matrix[out_rows] @ q_torch
+            expected = (half_matrix[out_rows] @ q[0]).numpy()
+            if bias is not None:
+                expected = expected + bias.detach()[out_rows].numpy()
             worst_rounding = max(worst_rounding, float(np.abs(expected - exact).max()))
+        else:
+            expected = exact
+        worst_score = max(worst_score, float(np.abs(out.scores - expected).max()))
     result = {"sessions": len(sessions), "max_abs_query_diff": worst_query,
               "max_abs_score_diff": worst_score, "tolerance": PARITY_TOLERANCE}
     if half:
@@ -303,7 +196,8 @@ def export_bundle(
 
     from sessrec_sdk.bundle import ROW_ORDERS, update_manifest, write_bundle
 
-    from .train import load_checkpoint, load_training_data
+    from .checkpoint import load_checkpoint
+    from .train import load_training_data
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -329,7 +223,8 @@ def export_bundle(
                           else "none")
     report: dict = {"checkpoint": str(Path(checkpoint).resolve())}
 
-    matrix = model.item_matrix().detach().numpy().astype(np.float32)
+    tables = model.item_tables()
+    matrix = tables.item_matrix
     t = time.perf_counter()
     if similarity == "model":
         queries, _ = model_neighbor_space(model)
@@ -342,10 +237,14 @@ def export_bundle(
     pop, pop_scores = popularity(sessions, catalog.n_items)
     arrays = {"item_matrix": matrix, "neighbors": nbrs, "item_ids": np.asarray(catalog.item_ids),
               "popularity": pop, "item_category": np.asarray(catalog.categories)}
+    if tables.input_embedding is not None:
+        arrays["input_embedding"] = tables.input_embedding
+    if tables.item_bias is not None:
+        arrays["item_bias"] = tables.item_bias
     if item_dtype == "float16":
         if np.abs(matrix).max() > np.finfo(np.float16).max:
             raise ValueError("item vectors exceed the float16 range: export as float32")
-        arrays.update(item_matrix=matrix.astype(np.float16), input_embedding=matrix)
+        arrays.update(item_matrix=matrix.astype(np.float16), input_embedding=tables.encoder_rows)
     if row_order == "locality":
         t = time.perf_counter()
         arrays.update(reorder_rows(locality_order(nbrs), **arrays))

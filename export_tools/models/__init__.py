@@ -1,23 +1,30 @@
-"""Model registry: name -> torch module class, and the training presets of each model.
+"""Model registry: name -> :class:`~export_tools.models.base.SessionModel` subclass and the
+training presets of each model.
+
+Adding a model = one module with a ``SessionModel`` subclass and its ``PRESETS`` (every
+model has ``fast`` and ``paper``), plus one :func:`register` line below. The trainer, the
+export, the evaluation and the shared contract tests (tests/test_models.py) then cover it.
 
 A preset mixes model hyper-parameters (the keyword arguments of the model class) and
-training settings (everything else); :func:`split_config` separates them.
+training settings (the keys of :data:`TRAIN_DEFAULTS`); :func:`split_config` separates them.
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
+from . import attenmixer, grainrec
+from .attenmixer import AttenMixer
+from .base import Batch, ExportSpec, ItemTables, SessionModel, TensorSpec, TrainingData
 from .grainrec import EncoderForExport, GRAINRec
 
-MODELS = {"grainrec": GRAINRec}
-
-#: Training settings understood by export_tools.train (defaults for keys a preset omits).
+#: Training settings understood by export_tools.trainer (defaults for keys a preset omits).
 TRAIN_DEFAULTS = {
     "lr": 1e-3,
     "batch_size": 512,
     "weight_decay": 1e-4,
-    "optimizer": "adamw",  # "adamw" (decoupled, no decay on biases: LESSR's) or "adam" (L2)
+    "optimizer": "adamw",  # "adamw" (decoupled, none on model.no_weight_decay) or "adam" (L2)
     "lr_schedule": "constant",  # or "linear"/"cosine": decay to 0 over the planned epochs
     "epochs": 30,
     "patience": 3,  # epochs without improvement of validation HR@20 or MRR@20
@@ -27,42 +34,33 @@ TRAIN_DEFAULTS = {
     "bucket_batches": 64,  # sort by length inside windows of this many batches (CPU speed)
 }
 
-PRESETS = {
-    "grainrec": {
-        # The GRAINRec paper's settings.
-        "paper": {
-            "dim": 256,
-            "layers": "GA",
-            "dropout": 0.146,
-            "lr": 0.00045,
-            "batch_size": 1024,
-            "weight_decay": 1e-4,
-            "epochs": 30,
-            "patience": 3,
-            "same_category": True,
-        },
-        # Small and quick: the whole Diginetica training run in about 4-5 minutes on 2 CPU
-        # cores (2 epochs of ~110 s when the machine is otherwise idle). A high learning rate
-        # with a cosine decay to 0 is what makes 2 epochs enough (lr 2e-3 constant: valid
-        # HR@20 0.13 after one epoch; lr 0.02 cosine: 0.43).
-        "fast": {
-            "dim": 64,
-            "layers": "GA",
-            "dropout": 0.0,
-            "lr": 0.02,
-            "lr_schedule": "cosine",
-            "batch_size": 512,
-            "weight_decay": 1e-5,
-            "optimizer": "adam",  # tuned and measured with Adam + L2 1e-5
-            "epochs": 2,
-            "patience": 1,
-            # Measured on Diginetica (test HR@20/MRR@20, full catalog, inference with the
-            # filter / without): trained with the filter 0.520/0.223 / 0.529/0.224, without
-            # it 0.531/0.230 / 0.544/0.232. The filter discards context, so it is off here.
-            "same_category": False,
-        },
-    }
-}
+REQUIRED_PRESETS = ("fast", "paper")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    cls: type[SessionModel]
+    presets: dict
+
+
+REGISTRY: dict[str, ModelEntry] = {}
+MODELS: dict[str, type[SessionModel]] = {}
+PRESETS: dict[str, dict] = {}
+
+
+def register(name: str, cls: type[SessionModel], presets: dict) -> None:
+    """Make ``cls`` trainable, exportable and evaluable as ``name``."""
+    if not issubclass(cls, SessionModel):
+        raise TypeError(f"{cls!r} does not implement export_tools.models.base.SessionModel")
+    missing = [p for p in REQUIRED_PRESETS if p not in presets]
+    if missing:
+        raise ValueError(f"model {name!r} lacks the presets {missing}")
+    REGISTRY[name] = ModelEntry(name, cls, presets)
+    MODELS[name] = cls
+    PRESETS[name] = presets
+    for preset in presets.values():  # fail at import, not in the middle of a run
+        split_config(name, preset)
 
 
 def model_keys(model_name: str) -> set[str]:
@@ -85,17 +83,29 @@ def split_config(model_name: str, config: dict) -> tuple[dict, dict]:
     return model_cfg, train_cfg
 
 
-def build_model(model_name: str, n_items: int, model_cfg: dict):
+def build_model(model_name: str, n_items: int, model_cfg: dict) -> SessionModel:
     return MODELS[model_name](n_items, **model_cfg)
 
+
+register("grainrec", GRAINRec, grainrec.PRESETS)
+register("attenmixer", AttenMixer, attenmixer.PRESETS)
 
 __all__ = [
     "MODELS",
     "PRESETS",
+    "REGISTRY",
     "TRAIN_DEFAULTS",
-    "GRAINRec",
+    "AttenMixer",
+    "Batch",
     "EncoderForExport",
-    "model_keys",
-    "split_config",
+    "ExportSpec",
+    "GRAINRec",
+    "ItemTables",
+    "SessionModel",
+    "TensorSpec",
+    "TrainingData",
     "build_model",
+    "model_keys",
+    "register",
+    "split_config",
 ]

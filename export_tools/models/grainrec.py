@@ -32,6 +32,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .base import EncoderModule, SessionModel
+
 NEG = -1e9  # fill for masked logits (finite: a fully masked row must not become NaN)
 
 LAYER_KINDS = ("G", "A")
@@ -215,7 +217,7 @@ class AttnReadout(nn.Module):
         return self.act(rst)
 
 
-class GRAINRec(nn.Module):
+class GRAINRec(SessionModel):
     """GRAINRec session encoder + tied item embeddings.
 
     ``encode(items, item_emb)`` uses ``items`` only for the graph structure (equality of
@@ -231,6 +233,8 @@ class GRAINRec(nn.Module):
       norm_scale: NISER-style L2-normalised item vectors and query, query scaled by this.
         Both default to None (plain embeddings); norm_scale learned slower in a short test.
     """
+
+    name = "grainrec"
 
     def __init__(
         self,
@@ -341,6 +345,10 @@ class GRAINRec(nn.Module):
             query = self.norm_scale * query / query.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return query
 
+    def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
+        """LESSR: no decay on biases and activation (PReLU) slopes."""
+        return "bias" in name or ".act." in name
+
     @staticmethod
     def gru_slots_needed(items: Tensor) -> int:
         """Max in-degree of any node in the batch (>= 1): enough GRU message slots."""
@@ -349,6 +357,9 @@ class GRAINRec(nn.Module):
             eq = (items[:, :, None] == items[:, None, :]) & valid[:, :, None]
             return max(1, int(eq.sum(dim=-1).max()))
 
+    def encoder(self) -> nn.Module:
+        return EncoderForExport(self)
+
     def forward(self, items: Tensor) -> Tensor:
         """Full-catalog logits [B, n_items]."""
         slots = self.gru_slots_needed(items) if "G" in self.layer_kinds else None
@@ -356,15 +367,50 @@ class GRAINRec(nn.Module):
         return query @ self.item_matrix().t()
 
 
-class EncoderForExport(nn.Module):
+class EncoderForExport(EncoderModule):
     """forward(items [B, L] int64, item_emb [B, L, d] float32) -> query [B, d].
 
-    The export face of :class:`GRAINRec`: no data-dependent shapes, dynamic L.
+    The export face of :class:`GRAINRec`: no data-dependent shapes (the GRU layers use L
+    message slots, not the batch's in-degree), dynamic L.
+
+    ONNX pitfalls of this model (handled here and in export_tools.onnx_export): torch's
+    exporter keeps state after its first export of an ``nn.GRU`` and later exports in the
+    same process fix the session length (onnx_export exports in a fresh process); the
+    exported ``aten::gru`` output has a static sequence length, so reshapes take their sizes
+    from the input (see :meth:`EOPALayer.aggregate`).
     """
 
-    def __init__(self, model: GRAINRec):
-        super().__init__()
-        self.model = model
 
-    def forward(self, items: Tensor, item_emb: Tensor) -> Tensor:
-        return self.model.encode(items, item_emb)
+#: Training presets (model hyper-parameters and training settings, see TRAIN_DEFAULTS).
+PRESETS = {
+    # The GRAINRec paper's settings.
+    "paper": {
+        "dim": 256,
+        "layers": "GA",
+        "dropout": 0.146,
+        "lr": 0.00045,
+        "batch_size": 1024,
+        "weight_decay": 1e-4,
+        "epochs": 30,
+        "patience": 3,
+        "same_category": True,
+    },
+    # Small and quick: the whole Diginetica training run in a few minutes on 2 CPU cores.
+    # A high learning rate with a cosine decay to 0 is what makes 2 epochs enough (chosen
+    # on the validation split of export_tools.data.split_validation).
+    "fast": {
+        "dim": 64,
+        "layers": "GA",
+        "dropout": 0.0,
+        "lr": 0.02,
+        "lr_schedule": "cosine",
+        "batch_size": 512,
+        "weight_decay": 1e-5,
+        "optimizer": "adam",  # tuned with Adam + L2 1e-5
+        "epochs": 2,
+        "patience": 1,
+        # The same-category filter discards context. It was compared on test figures
+        # (issue 11 asks to redo that on validation sessions): off here.
+        "same_category": False,
+    },
+}
