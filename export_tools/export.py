@@ -194,7 +194,7 @@ def export_bundle(
     import onnxruntime
     import torch
 
-    from sessrec_sdk.bundle import ROW_ORDERS, update_manifest, write_bundle
+    from sessrec_sdk.bundle import ROW_ORDERS, replace_dir, update_manifest, write_bundle
 
     from .checkpoint import load_checkpoint
     from .train import load_training_data
@@ -284,9 +284,7 @@ def export_bundle(
         if category_filter is not None:  # only the manifest (defaults, stats) changes
             defaults = {**defaults, "category_filter": category_filter}
             update_manifest(candidate, defaults=defaults, data_stats=stats)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(candidate, out)
+        replace_dir(candidate, out)  # atomic: a reloading server sees old or new, whole
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report.update(defaults=defaults, data_stats=stats, seconds=round(time.perf_counter() - t0, 1))

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .errors import BundleError, ChecksumError, CorruptFileError, MissingFileError, VersionError
 from .ids import INT64_MIN, ItemIds, sorted_index
 from .pages import drop_cached
 
@@ -57,26 +58,11 @@ DEFAULT_KEYS = ("k", "neighbors", "category_filter", "exclude_session_items", "c
 
 # Bundles up to this size are fully verified (sha256, id ranges) at load unless told not to.
 AUTO_VERIFY_MAX_BYTES = 256 * 2**20
-
-
-class BundleError(Exception):
-    """A bundle cannot be used; the message names the file and the problem."""
-
-
-class MissingFileError(BundleError):
-    pass
-
-
-class CorruptFileError(BundleError):
-    pass
-
-
-class ChecksumError(CorruptFileError):
-    pass
-
-
-class VersionError(BundleError):
-    pass
+# A manifest is a few KB; anything larger than this is refused before it is read.
+MAX_MANIFEST_BYTES = 16 * 2**20
+# Verified bundles hold vectors, biases and popularity shares of at most this magnitude:
+# no trained model comes near it, and it keeps every float32 dot product finite.
+MAX_ABS_VALUE = 2.0**20
 
 
 @dataclass(frozen=True)
@@ -120,6 +106,12 @@ def _check_arrays(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> No
             raise CorruptFileError(f"{name}: expected {what}, found shape {arr.shape} "
                                    f"dtype {arr.dtype}")
 
+    for name, arr in arrays.items():  # the kernels read raw memory in C order, native bytes
+        if not (arr.flags.c_contiguous and arr.dtype.isnative):
+            raise CorruptFileError(f"{name}: must be a C-order array in native byte order "
+                                   f"(found {'Fortran' if arr.flags.f_contiguous else 'C'} "
+                                   f"order, dtype {arr.dtype.str})")
+
     m = arrays[ITEM_MATRIX]
     expect(ITEM_MATRIX, m.ndim == 2 and m.shape == (n, d)
            and m.dtype in (np.float32, np.float16), f"[{n}, {d}] float32 or float16")
@@ -133,10 +125,16 @@ def _check_arrays(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> No
     if ITEM_BIAS in arrays:
         b = arrays[ITEM_BIAS]
         expect(ITEM_BIAS, b.shape == (n,) and b.dtype == np.float32, f"[{n}] float32")
+    d_in = manifest["input_dim"]
     if INPUT_EMBEDDING in arrays:
         e = arrays[INPUT_EMBEDDING]
-        expect(INPUT_EMBEDDING, e.ndim == 2 and e.shape[0] == n
-               and e.dtype in (np.float32, np.float16), f"[{n}, d_in] float32 or float16")
+        expect(INPUT_EMBEDDING, e.ndim == 2 and e.shape == (n, d_in)
+               and e.dtype in (np.float32, np.float16),
+               f"[{n}, input_dim={d_in}] float32 or float16")
+    elif d_in != d:
+        raise CorruptFileError(f"{MANIFEST}: input_dim={d_in} but there is no "
+                               f"{INPUT_EMBEDDING}, so the encoder takes the item matrix "
+                               f"rows (dim={d})")
     p = arrays[POPULARITY]
     expect(POPULARITY, p.ndim == 1 and p.dtype == np.int32 and p.shape[0] <= n,
            f"[<= {n}] int32")
@@ -165,6 +163,14 @@ def _check_values(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> No
 
     in_range(NEIGHBORS, arrays[NEIGHBORS], -1, n)
     in_range(POPULARITY, arrays[POPULARITY], 0, n)
+    pop = arrays[POPULARITY]
+    if np.unique(pop).size != pop.size:
+        raise CorruptFileError(f"{POPULARITY}: lists an item more than once")
+    ps = arrays[POPULARITY_SCORES]
+    if ps.size and not (np.isfinite(ps).all() and ps.min() >= 0 and ps.max() <= 1
+                        and (ps[1:] <= ps[:-1]).all()):
+        raise CorruptFileError(f"{POPULARITY_SCORES}: must be shares in [0, 1], "
+                               "most popular first (non-increasing)")
     in_range(ITEM_IDS_ORDER, arrays[ITEM_IDS_ORDER], 0, n)
     if ITEM_CATEGORY in arrays:
         in_range(ITEM_CATEGORY, arrays[ITEM_CATEGORY], -1, 2**31 - 1)
@@ -178,8 +184,10 @@ def _check_values(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> No
     for name in (ITEM_MATRIX, INPUT_EMBEDDING, ITEM_BIAS):
         if name in arrays:
             for start in range(0, n, 65536):
-                if not np.isfinite(arrays[name][start:start + 65536]).all():
-                    raise CorruptFileError(f"{name}: holds NaN or infinite values")
+                block = np.abs(arrays[name][start:start + 65536], dtype=np.float32)
+                if not (block <= MAX_ABS_VALUE).all():  # False for NaN too
+                    raise CorruptFileError(f"{name}: holds NaN, infinite or out-of-range "
+                                           f"values (|x| > {MAX_ABS_VALUE:g})")
 
 
 def _check_manifest(manifest: Any, path: Path) -> None:
@@ -414,7 +422,7 @@ def write_bundle(
                                        "bytes": (tmp / name).stat().st_size}
             drop_cached(tmp / name)  # durable before the rename; read back in 2 MB pages
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -439,8 +447,16 @@ def update_manifest(path: str | os.PathLike, **changes: Any) -> dict[str, Any]:
     return manifest
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move ``tmp`` to ``out``; an old bundle there is moved aside first, then deleted."""
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished bundle ``tmp`` to ``out``, replacing any bundle there.
+
+    On Linux the two directories are swapped in one ``renameat2(RENAME_EXCHANGE)``, so a
+    server reloading ``out`` at that moment sees the old bundle or the new one, whole.
+    Elsewhere the old bundle is renamed aside first: a reload in the microseconds between
+    the two renames gets a clear MissingFileError, never a half-deleted bundle."""
+    if out.exists() and _exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old bundle
+        return
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -448,3 +464,17 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    if platform.system() != "Linux":
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
