@@ -2,6 +2,12 @@
 
 Property tests on random catalogs, plus a plain-Python oracle that checks the reference
 itself (candidate set and ranking) so the three cannot agree on a wrong answer.
+
+Scores are compared bit for bit (``.view(np.uint32)``), never with a tolerance: the docs
+promise identical scores on every backend and both C instruction sets. Two strategies:
+``problems`` (small catalogs, many ties, every filter) and ``big_problems`` (up to several
+hundred neighbors per item and ~20 seeds, so that a call collects more than one, two and
+three of the C kernel's SR_BATCH = 512-candidate batches).
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sessrec_sdk.kernels import (
+    LANES,
     CatalogArrays,
     KernelQuery,
     NeighborRangeError,
@@ -99,29 +106,250 @@ def _oracle(cat: CatalogArrays, q: KernelQuery):
     return scores
 
 
+SR_BATCH = 512  # csrc/sessrec_kernels.c: candidates collected before they are scored
+
+
+def _bits(scores: np.ndarray) -> np.ndarray:
+    assert scores.dtype == np.float32
+    return scores.view(np.uint32)
+
+
+def _all_results(cat: CatalogArrays, q: KernelQuery, reuse: Scratch | None = None) -> dict:
+    """(rows, scores, n_scored) of every backend, the C kernel under both instruction sets
+    (set explicitly, so the test does not depend on the default). ``reuse``: a scratch
+    already stamped by earlier calls (the visited stamps must not leak between calls)."""
+    results = {}
+    for name in BACKENDS:
+        if name == "c":
+            from sessrec_sdk.kernels.c_backend import instruction_set
+
+            kernel = make_kernel(cat, "c")
+            try:
+                for isa in ("portable", "best"):
+                    used = instruction_set(isa)
+                    results[f"c/{used}"] = kernel.top_k(q, Scratch(cat.n_items))
+                    if reuse is not None:
+                        results[f"c/{used}/reused"] = kernel.top_k(q, reuse)
+            finally:
+                instruction_set("best")
+        else:
+            kernel = make_kernel(cat, name)
+            results[name] = kernel.top_k(q, Scratch(cat.n_items))
+            if reuse is not None and name == "numba":
+                results["numba/reused"] = kernel.top_k(q, reuse)
+    return results
+
+
+def _assert_identical(results: dict) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every backend returns the reference's rows, bit-identical scores, the same count."""
+    ref_rows, ref_scores, ref_n = results["numpy"]
+    for name, (rows, scores, n_cand) in results.items():
+        assert rows.dtype == np.int32 and scores.dtype == np.float32, name
+        np.testing.assert_array_equal(rows, ref_rows, err_msg=name)
+        assert np.array_equal(_bits(scores), _bits(ref_scores)), (
+            name, np.flatnonzero(_bits(scores) != _bits(ref_scores))[:5],
+            np.abs(scores - ref_scores).max())
+        assert n_cand == ref_n, (name, n_cand, ref_n)
+    return ref_rows, ref_scores, ref_n
+
+
+def test_c_kernel_has_both_instruction_sets_here():
+    from sessrec_sdk.kernels.c_backend import instruction_set
+
+    # CI runs on x86-64 with AVX2 + F16C: both instances of the kernel body are compared
+    assert instruction_set() == "avx2+f16c"
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems())
 def test_backends_agree_exactly(problem):
     cat, q = problem
-    results = {}
-    for name in BACKENDS:
-        kernel = make_kernel(cat, name)
-        results[name] = kernel.top_k(q, Scratch(cat.n_items))
-    if "c" in BACKENDS:  # the C kernel's other instruction set too
-        from sessrec_sdk.kernels.c_backend import instruction_set
+    reuse = Scratch(cat.n_items)  # stale stamps of "earlier calls" in half the rows
+    reuse.epoch = 5
+    reuse.seen[::2] = 5
+    reuse.allow_mark[1::2] = 5
+    _assert_identical(_all_results(cat, q, reuse))
 
-        best = instruction_set()
-        try:
-            other = instruction_set("portable" if best != "portable" else "best")
-            results[f"c/{other}"] = make_kernel(cat, "c").top_k(q, Scratch(cat.n_items))
-        finally:
-            instruction_set("best")
-    ref_rows, ref_scores, ref_n = results["numpy"]
-    for name, (rows, scores, n_cand) in results.items():
-        assert rows.dtype == np.int32 and scores.dtype == np.float32
-        np.testing.assert_array_equal(rows, ref_rows, err_msg=name)
-        np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-5, err_msg=name)
-        assert n_cand == ref_n, name
+
+@st.composite
+def big_problems(draw):
+    """Catalogs and sessions that reach the C kernel's batch path: up to 20 seeds x up to
+    400 neighbors, so 0..~4,000 candidates (one, two, several full batches of 512 and a
+    partial one), with every filter, float16 rows, bias and repeated seeds."""
+    n = draw(st.sampled_from([3000, 6000, 1000, 300]))
+    dim = draw(st.sampled_from([1, 3, 8, 15, 16, 17, 24, 32, 33, 48]))
+    # (sampled, not integers(): hypothesis draws small values often, which would rarely
+    # reach a full batch; short rows and sessions are the other strategy's)
+    width = draw(st.sampled_from([300, 400, 200, 100]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    kind = draw(st.sampled_from(["normal", "integers", "float16", "float16-int"]))
+    if kind.endswith("int") or kind == "integers":  # many exact ties
+        matrix = rng.integers(-2, 3, size=(n, dim)).astype(np.float32)
+    else:
+        matrix = rng.standard_normal((n, dim)).astype(np.float32)
+    if kind.startswith("float16"):
+        matrix = matrix.astype(np.float16)
+    # few -1 holes, mostly distinct ids: the merged candidate set grows past SR_BATCH
+    neighbors = rng.integers(0, n, size=(n, width)).astype(np.int32)
+    neighbors[rng.random((n, width)) < draw(st.sampled_from([0.02, 0.0, 0.3]))] = -1
+    n_cats = draw(st.integers(1, 6))
+    categories = rng.integers(0, n_cats, size=n).astype(np.int32)
+    bias = (rng.integers(-3, 4, size=n) / 4).astype(np.float32) if draw(st.booleans()) \
+        else (rng.standard_normal(n).astype(np.float32) if draw(st.booleans()) else None)
+    cat = CatalogArrays(np.ascontiguousarray(matrix), neighbors, categories, bias)
+    n_seeds = draw(st.sampled_from([20, 10, 5, 3]))
+    seeds = rng.integers(0, n, size=n_seeds).astype(np.int32)
+    if n_seeds > 1 and draw(st.booleans()):
+        seeds[-1] = seeds[0]  # a repeated session item
+    query = (rng.integers(-2, 3, size=dim) if kind.endswith("int") or kind == "integers"
+             else rng.standard_normal(dim)).astype(np.float32)
+    k = draw(st.sampled_from([1, 2, 20, 100, 511, 512, 513, 1000, 5000]))
+    q = KernelQuery(
+        seeds=seeds, query=query, k=k,
+        n_use=width if draw(st.booleans()) else draw(st.integers(max(1, width // 2), width)),
+        exclude_seeds=draw(st.booleans()),
+        excluded=rng.integers(0, n, size=draw(st.integers(0, 50))).astype(np.int32),
+        allowed=(rng.integers(0, n, size=int(n * draw(st.sampled_from([0.5, 2.0, 0.1])))
+                              ).astype(np.int32)
+                 if draw(st.sampled_from([False, False, True])) else None),
+        allowed_cats=(np.unique(rng.integers(0, n_cats, size=draw(st.integers(1, 3)))
+                                ).astype(np.int32)
+                      if draw(st.sampled_from([False, False, True])) else None))
+    return cat, q
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(big_problems())
+def test_backends_agree_exactly_past_the_batch_size(problem):
+    cat, q = problem
+    reuse = Scratch(cat.n_items)
+    reuse.seen[:] = 1
+    reuse.epoch = 1  # stale stamps of "an earlier call" everywhere
+    _, _, n_cand = _assert_identical(_all_results(cat, q, reuse))
+    expected = _oracle(cat, q)
+    assert n_cand == len(expected)
+
+
+def _batch_problem(n_cand: int, k: int, half: bool, bias: bool, exclude_seeds: bool):
+    """A catalog whose one-seed query collects exactly ``n_cand`` candidates, in merge
+    order; the highest-scoring candidates sit at the batch boundaries (positions 510,
+    511, 512, 1023, 1024, ... and the last one), where a dropped or doubled candidate
+    of a batch changes the top k."""
+    width = n_cand if exclude_seeds else n_cand - 1
+    n = n_cand + 10
+    dim = 19
+    rng = np.random.default_rng(n_cand * 7 + k)
+    matrix = (rng.standard_normal((n, dim)) * 0.01).astype(np.float32)
+    merge = rng.permutation(np.arange(1, n))[:width].astype(np.int32)  # row 0 is the seed
+    neighbors = np.full((n, width), -1, dtype=np.int32)
+    neighbors[0] = merge
+    order = merge if exclude_seeds else np.concatenate([[0], merge]).astype(np.int32)
+    assert len(order) == n_cand
+    query = np.ones(dim, np.float32)
+    for rank, pos in enumerate(p for p in (510, 511, 512, 513, 1022, 1023, 1024, 1025,
+                                           1535, 1536, n_cand - 1) if p < n_cand):
+        matrix[order[pos]] = 1.0 + 0.001 * rank
+    if half:
+        matrix = matrix.astype(np.float16)
+    cat = CatalogArrays(matrix, neighbors, np.zeros(n, np.int32),
+                        rng.standard_normal(n).astype(np.float32) * 1e-3 if bias else None)
+    q = KernelQuery(seeds=np.array([0], np.int32), query=query, k=k, n_use=width,
+                    exclude_seeds=exclude_seeds, excluded=np.empty(0, np.int32),
+                    allowed=None, allowed_cats=None)
+    return cat, q, order
+
+
+@pytest.mark.parametrize("n_cand", [SR_BATCH - 1, SR_BATCH, SR_BATCH + 1, 2 * SR_BATCH,
+                                    2 * SR_BATCH + 1, 3 * SR_BATCH + 7])
+@pytest.mark.parametrize("exclude_seeds", [True, False])
+@pytest.mark.parametrize("half", [False, True])
+def test_batch_boundaries(n_cand, exclude_seeds, half):
+    """Exactly around 1, 2, 3 full batches: every candidate is scored once, whichever
+    batch it falls in, and the boundary candidates (the best ones here) are all returned."""
+    for k in (5, n_cand):
+        cat, q, order = _batch_problem(n_cand, k, half, bias=k == 5, exclude_seeds=exclude_seeds)
+        rows, scores, n = _assert_identical(_all_results(cat, q))
+        assert n == n_cand
+        if k == n_cand:
+            assert sorted(rows.tolist()) == sorted(order.tolist())
+        boundary = [order[p] for p in (510, 511, 512, 513, 1022, 1023, 1024, 1025, 1535,
+                                       1536, n_cand - 1) if p < n_cand]
+        assert set(boundary[-min(k, len(boundary)):]) <= set(rows.tolist())
+
+
+@pytest.mark.parametrize("filter_kind", ["categories", "allowed", "excluded"])
+def test_filters_past_the_batch_size(filter_kind):
+    """Filters applied while a batch fills: only the survivors are batched and scored."""
+    n, dim, width = 4000, 16, 300
+    rng = np.random.default_rng(5)
+    matrix = rng.standard_normal((n, dim)).astype(np.float32)
+    neighbors = np.stack([rng.permutation(n)[:width] for _ in range(n)]).astype(np.int32)
+    categories = (np.arange(n) % 3).astype(np.int32)
+    seeds = np.arange(0, 200, 20, dtype=np.int32)  # 10 seeds: up to 3,000 candidates
+    base = dict(seeds=seeds, query=rng.standard_normal(dim).astype(np.float32), k=2000,
+                n_use=width, exclude_seeds=True, excluded=np.empty(0, np.int32),
+                allowed=None, allowed_cats=None)
+    if filter_kind == "categories":
+        base["allowed_cats"] = np.array([1], np.int32)
+        keep = lambda r: categories[r] == 1  # noqa: E731
+    elif filter_kind == "allowed":
+        base["allowed"] = np.arange(0, n, 2, dtype=np.int32)
+        keep = lambda r: r % 2 == 0  # noqa: E731
+    else:
+        base["excluded"] = np.arange(0, n, 2, dtype=np.int32)
+        keep = lambda r: r % 2 == 1  # noqa: E731
+    cat = CatalogArrays(matrix, neighbors, categories, None)
+    q = KernelQuery(**base)
+    rows, scores, n_cand = _assert_identical(_all_results(cat, q))
+    expected = _oracle(cat, q)
+    assert n_cand == len(expected) > SR_BATCH
+    assert all(keep(r) for r in rows.tolist()) and all(keep(r) for r in expected)
+    assert set(rows.tolist()) == set(sorted(expected, key=lambda c: (-expected[c], c))[:2000])
+
+
+def _lane_dot_python(row, query) -> np.float32:
+    """The determinism contract written out element by element in numpy float32 scalars:
+    element i into lane i % 16, lanes folded pairwise (j + j + half)."""
+    acc = [np.float32(0.0)] * LANES
+    for i in range(len(query)):
+        acc[i % LANES] = np.float32(acc[i % LANES] + np.float32(np.float32(row[i]) * query[i]))
+    half = LANES // 2
+    while half >= 1:
+        acc = [np.float32(acc[j] + acc[j + half]) for j in range(half)]
+        half //= 2
+    return acc[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems())
+def test_reference_scores_follow_the_lane_contract_bit_for_bit(problem):
+    cat, q = problem
+    rows, scores, _ = reference.top_k(cat, q)
+    expected = np.array([
+        np.float32(_lane_dot_python(cat.matrix[r], q.query)
+                   + (cat.bias[r] if cat.bias is not None else np.float32(0.0)))
+        if cat.bias is not None else _lane_dot_python(cat.matrix[r], q.query)
+        for r in rows.tolist()], dtype=np.float32)
+    assert np.array_equal(_bits(scores), _bits(expected))
+
+
+def test_lane_fold_order_is_the_documented_one():
+    """A dot product whose float32 value depends on the fold order. Lanes (query all ones)
+    [1e8, 1, -1e8, 1, 0, ...]: the contract folds j + j+8, j + j+4, then (0 + 2) + (1 + 3)
+    = 0 + 2 = 2 exactly; folding the last steps as (0 + 1) + (2 + 3) gives 1e8 - 1e8 = 0,
+    a sequential sum gives 1."""
+    row = np.zeros(16, np.float32)
+    row[:4] = [1e8, 1.0, -1e8, 1.0]
+    matrix = np.stack([row, np.zeros(16, np.float32)])
+    cat = CatalogArrays(matrix, np.array([[1], [0]], np.int32), None, None)
+    q = KernelQuery(seeds=np.array([1], np.int32), query=np.ones(16, np.float32), k=1,
+                    n_use=1, exclude_seeds=True, excluded=np.empty(0, np.int32),
+                    allowed=None, allowed_cats=None)
+    assert _lane_dot_python(row, q.query) == np.float32(2.0)
+    for name, (rows, scores, _) in _all_results(cat, q).items():
+        assert rows.tolist() == [0] and scores.tolist() == [2.0], (name, scores)
 
 
 @settings(max_examples=300, deadline=None)
