@@ -19,8 +19,11 @@ MISS = 10**9
 
 def ranking_metrics(ranks, n: int | None = None, ks: Sequence[int] = KS) -> dict:
     """HR@K, MRR@K, NDCG@K from 0-based ranks; ``n`` is the denominator (default:
-    len(ranks)). A hit at K is a rank < K (rank K - 1 is the K-th place)."""
+    len(ranks)). A hit at K is a rank < K (rank K - 1 is the K-th place); a NaN rank is a
+    miss; a negative rank is a caller's bug and raises ValueError."""
     ranks = np.asarray(ranks, dtype=np.float64)
+    if (ranks < 0).any():
+        raise ValueError(f"ranks are 0-based: got negative ranks {ranks[ranks < 0][:5]}")
     n = len(ranks) if n is None else n
     denom = max(n, 1)
     out = {}

@@ -396,7 +396,7 @@ def test_empty_candidate_set(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("bad", [7, -2, 2**31 - 1])
+@pytest.mark.parametrize("bad", [4, 7, -2, 2**31 - 1])  # 4 == n_items: just past the end
 def test_out_of_range_neighbor_is_reported_not_read(backend, bad):
     matrix = np.ones((4, 2), dtype=np.float32)
     neighbors = np.array([[1, 2], [bad, 0], [0, 1], [0, 1]], dtype=np.int32)
