@@ -28,7 +28,10 @@
  *   k, out_rows, out_scores        results, best first; returns how many (<= k)
  *   out_n_candidates               rows scored
  * Returns SR_ERR_NEIGHBOR_RANGE (out_rows[0] = the offending item row) if a neighbor id is
- * outside [-1, n_items).
+ * outside [-1, n_items); SR_ERR_ROW_RANGE (out_rows[0] = the row) if a seed, excluded or
+ * allowed row is outside [0, n_items); SR_ERR_ARGUMENT if dim < 1 or n_use is outside
+ * [0, row_width]. Every index is checked before it is used, so no input makes the kernel
+ * read or write outside its arrays (given arrays of the sizes stated above).
  */
 #include <string.h>
 
@@ -227,6 +230,14 @@ SR_INLINE void score_batch_typed(const int32_t *cand, int32_t n, const char *mat
     else score_batch(cand, n, matrix, row_bytes, 0, hw_f16, dim, bias, query, h);
 }
 
+/* 1 if every rows[i] is in [0, n_items); else 0 with the first bad row in *bad */
+static inline int rows_in_range(const int32_t *rows, int32_t n, int64_t n_items, int32_t *bad) {
+    for (int32_t i = 0; i < n; i++) {
+        if (rows[i] < 0 || rows[i] >= n_items) { *bad = rows[i]; return 0; }
+    }
+    return 1;
+}
+
 #define SR_TOP_K_PARAMS \
     const void *matrix, int32_t is_half, int64_t n_items, int32_t dim, \
     const float *bias, \
@@ -250,7 +261,12 @@ SR_INLINE int32_t top_k_body(SR_TOP_K_PARAMS, const int32_t hw_f16) {
     top_k_heap h = {out_rows, out_scores, k, 0};
     int32_t batch[SR_BATCH], n_batch = 0, n_scored = 0;
     *out_n_candidates = 0;
+    if (dim < 1 || row_width < 0 || n_use < 0 || n_use > row_width) return SR_ERR_ARGUMENT;
     if (k <= 0) return 0;
+    /* rows come from the caller (the id lookup): checked here, before any is written */
+    if (!rows_in_range(seeds, n_seeds, n_items, out_rows)
+        || !rows_in_range(excluded, n_excluded, n_items, out_rows)
+        || !rows_in_range(allowed, n_allowed, n_items, out_rows)) return SR_ERR_ROW_RANGE;
 
     for (int32_t i = 0; i < n_excluded; i++) seen[excluded[i]] = epoch;
     if (exclude_seeds) {

@@ -10,6 +10,8 @@
 
 /* CFFI-BEGIN */
 #define SR_ERR_NEIGHBOR_RANGE -1
+#define SR_ERR_ROW_RANGE -2
+#define SR_ERR_ARGUMENT -3
 
 int32_t sr_top_k(
     const void *matrix, int32_t is_half, int64_t n_items, int32_t dim,

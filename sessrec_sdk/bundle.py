@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .errors import BundleError, ChecksumError, CorruptFileError, MissingFileError, VersionError
+from .errors import ChecksumError, CorruptFileError, MissingFileError, VersionError
 from .ids import INT64_MIN, ItemIds, sorted_index
 from .pages import drop_cached
 
@@ -162,7 +163,6 @@ def _check_values(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> No
                                    f"outside [{lo}, {hi})")
 
     in_range(NEIGHBORS, arrays[NEIGHBORS], -1, n)
-    in_range(POPULARITY, arrays[POPULARITY], 0, n)
     pop = arrays[POPULARITY]
     if np.unique(pop).size != pop.size:
         raise CorruptFileError(f"{POPULARITY}: lists an item more than once")
@@ -171,7 +171,6 @@ def _check_values(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> No
                         and (ps[1:] <= ps[:-1]).all()):
         raise CorruptFileError(f"{POPULARITY_SCORES}: must be shares in [0, 1], "
                                "most popular first (non-increasing)")
-    in_range(ITEM_IDS_ORDER, arrays[ITEM_IDS_ORDER], 0, n)
     if ITEM_CATEGORY in arrays:
         in_range(ITEM_CATEGORY, arrays[ITEM_CATEGORY], -1, 2**31 - 1)
     s = arrays[ITEM_IDS_SORTED]
@@ -195,8 +194,9 @@ def _check_manifest(manifest: Any, path: Path) -> None:
     if not isinstance(manifest, dict):
         raise CorruptFileError(f"{where}: not a JSON object")
     version = manifest.get("format_version")
-    if not isinstance(version, int):
-        raise CorruptFileError(f"{where}: format_version missing or not an integer")
+    if not _is_int(version) or version < 1:
+        raise CorruptFileError(f"{where}: format_version missing or not an integer >= 1, "
+                               f"got {version!r}")
     if version > FORMAT_VERSION:
         raise VersionError(f"{where}: bundle format {version} is newer than this sessrec "
                            f"{__version__} reads (up to {FORMAT_VERSION}); upgrade sessrec")
@@ -211,6 +211,20 @@ def _check_manifest(manifest: Any, path: Path) -> None:
                                    f"got {manifest[key]!r}")
     if manifest["id_kind"] not in ("int", "str"):
         raise CorruptFileError(f"{where}: id_kind must be 'int' or 'str'")
+    for key in ("model", "inference", "files"):
+        if not isinstance(manifest[key], dict):
+            raise CorruptFileError(f"{where}: {key} must be a JSON object")
+    for key in ("has_categories", "has_bias"):
+        if not isinstance(manifest.get(key, False), bool):
+            raise CorruptFileError(f"{where}: {key} must be true or false")
+    for name, info in manifest["files"].items():
+        if name not in REQUIRED_FILES + OPTIONAL_FILES:  # also keeps paths inside the bundle
+            raise CorruptFileError(f"{where}: files lists {name!r}, which is not a bundle "
+                                   "file")
+        if not (isinstance(info, dict) and isinstance(info.get("sha256"), str)
+                and _is_int(info.get("bytes")) and info["bytes"] >= 0):
+            raise CorruptFileError(f"{where}: files.{name} must be "
+                                   '{"sha256": str, "bytes": int >= 0}')
     inference = manifest["inference"]
     if inference.get("session_filter") not in SESSION_FILTERS:
         raise CorruptFileError(f"{where}: inference.session_filter must be one of "
@@ -266,39 +280,37 @@ def sha256_of(path: Path) -> str:
 def read_bundle(path: str | os.PathLike, verify: bool | None = None) -> Bundle:
     """Open a bundle: parse the manifest, memory-map the arrays, check them.
 
-    ``verify``: True checks every file's sha256 and every id range (reads the whole bundle);
-    False checks only the manifest, shapes and dtypes (milliseconds, whatever the size);
-    None (default) verifies bundles up to 256 MiB.
+    ``verify``: True checks every file's sha256 and every value (reads the whole bundle);
+    False checks only what keeps the runtime memory-safe: the manifest, file sizes, shapes,
+    dtypes and the id-order and popularity rows (milliseconds, whatever the size); None
+    (default) verifies bundles whose files add up to at most 256 MiB. docs/bundle-format.md
+    states what each mode guarantees. Every problem raises a :class:`BundleError` naming
+    the file.
     """
     path = Path(path)
     if not path.is_dir():
         raise MissingFileError(f"{path}: bundle directory not found")
-    mpath = path / MANIFEST
-    if not mpath.is_file():
-        raise MissingFileError(f"{mpath}: manifest missing (not a sessrec bundle?)")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptFileError(f"{mpath}: not valid JSON ({exc})") from None
+    manifest = _read_manifest(path / MANIFEST)
     _check_manifest(manifest, path)
+    mpath = path / MANIFEST
     files = manifest["files"]
     for name in REQUIRED_FILES:
         if name not in files:
             raise CorruptFileError(f"{mpath}: does not list required file {name}")
     if bool(manifest.get("has_categories")) != (ITEM_CATEGORY in files):
         raise CorruptFileError(f"{mpath}: has_categories disagrees with the files listed")
-    for name in files:
-        if not (path / name).is_file():
-            raise MissingFileError(f"{path / name}: listed in the manifest but missing")
-    if verify is None:
-        verify = sum(int(f.get("bytes", 0)) for f in files.values()) <= AUTO_VERIFY_MAX_BYTES
+    sizes = {name: _regular_file_size(path / name, info["bytes"])
+             for name, info in files.items()}
+    if verify is None:  # decided from the files on disk, not from what the manifest claims
+        verify = sum(sizes.values()) <= AUTO_VERIFY_MAX_BYTES
     if verify:
         for name, info in files.items():
-            if sha256_of(path / name) != info.get("sha256"):
+            if sha256_of(path / name) != info["sha256"]:
                 raise ChecksumError(f"{path / name}: sha256 does not match the manifest "
                                     "(file changed or damaged)")
     arrays = {name: _open_npy(path / name) for name in files if name.endswith(".npy")}
     _check_arrays(arrays, manifest)
+    _check_rows(arrays, manifest)
     if verify:
         _check_values(arrays, manifest)
     matrix = arrays[ITEM_MATRIX]
@@ -310,12 +322,63 @@ def read_bundle(path: str | os.PathLike, verify: bool | None = None) -> Bundle:
         ids=ItemIds(arrays[ITEM_IDS], arrays[ITEM_IDS_SORTED], arrays[ITEM_IDS_ORDER]))
 
 
+def _read_manifest(mpath: Path) -> Any:
+    """The parsed manifest; a BundleError (never another exception) for any bad one."""
+    size = _regular_file_size(mpath, None)
+    if size > MAX_MANIFEST_BYTES:
+        raise CorruptFileError(f"{mpath}: {size} bytes; a manifest is at most "
+                               f"{MAX_MANIFEST_BYTES} (damaged bundle?)")
+    try:
+        with open(mpath, "rb") as f:
+            text = f.read(MAX_MANIFEST_BYTES + 1).decode("utf-8")
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CorruptFileError(f"{mpath}: not valid JSON ({type(exc).__name__}: "
+                               f"{str(exc)[:200]})") from None
+    except OSError as exc:
+        raise CorruptFileError(f"{mpath}: cannot be read ({exc})") from None
+
+
+def _regular_file_size(p: Path, declared: int | None) -> int:
+    """Size of ``p``, which must be a regular file (a symlink to one is fine) of the size
+    the manifest declares: a device, a directory or a file of another size is refused
+    before anything reads it."""
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        what = "manifest missing (not a sessrec bundle?)" if p.name == MANIFEST else (
+            "listed in the manifest but missing")
+        raise MissingFileError(f"{p}: {what}") from None
+    except OSError as exc:
+        raise CorruptFileError(f"{p}: cannot be read ({exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CorruptFileError(f"{p}: not a regular file")
+    if declared is not None and st.st_size != declared:
+        raise CorruptFileError(f"{p}: {st.st_size} bytes on disk, the manifest says "
+                               f"{declared} (damaged or replaced file)")
+    return st.st_size
+
+
+def _check_rows(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
+    """The rows the id lookup and the popularity fallback hand to the kernels and to
+    ``take``: checked on every load (O(n_items) on two int32 arrays, ~1 ms per million
+    items), so an unverified bundle cannot make a call index outside the catalog."""
+    n = manifest["n_items"]
+    for name in (ITEM_IDS_ORDER, POPULARITY):
+        a = arrays[name]
+        if a.size and (int(a.min()) < 0 or int(a.max()) >= n):
+            bad = int(np.argmax((a < 0) | (a >= n)))
+            raise CorruptFileError(f"{name}: value {a[bad]} at index {bad} is outside "
+                                   f"[0, {n})")
+
+
 def _open_npy(path: Path) -> np.ndarray:
     try:
         # a plain ndarray view of the memmap: indexing a np.memmap subclass costs microseconds
         return np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
-    except (ValueError, OSError, EOFError) as exc:
-        raise CorruptFileError(f"{path}: unreadable or truncated .npy ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises many types
+        raise CorruptFileError(f"{path}: unreadable or truncated .npy "
+                               f"({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 # --------------------------------------------------------------------------- write
@@ -405,6 +468,7 @@ def write_bundle(
     }
     _check_manifest(manifest, out)
     _check_arrays(arrays, manifest)
+    _check_rows(arrays, manifest)
     _check_values(arrays, manifest)
 
     out.parent.mkdir(parents=True, exist_ok=True)

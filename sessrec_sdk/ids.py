@@ -6,6 +6,7 @@ of ids loads in milliseconds and a 3-item session touches a few dozen pages.
 """
 from __future__ import annotations
 
+import itertools
 import numbers
 from collections.abc import Sequence
 
@@ -34,6 +35,12 @@ class ItemIds:
         self.sorted_ids = sorted_ids
         self.order = order
         self.kind = "str" if in_row_order.dtype.kind == "U" else "int"
+        if self.kind == "str":
+            # lookups run in the sorted ids' own dtype: a wider query would make numpy
+            # widen (copy) every sorted id, so longer ids are replaced by an id known to
+            # be absent before any lookup
+            self.width = sorted_ids.dtype.itemsize // 4
+            self._absent = _absent_str(sorted_ids)
         self._c_find = None
         if (_lib is not None and self.kind == "int" and sorted_ids.flags.c_contiguous
                 and order.flags.c_contiguous):
@@ -82,21 +89,35 @@ class ItemIds:
         """External ids of ``rows`` (a fresh array, not a view of the mapped file)."""
         return self.in_row_order.take(rows)
 
-    def coerce(self, ids, what: str = "session") -> np.ndarray:
+    def coerce(self, ids, what: str = "session", *, keep_last: int | None = None,
+               max_len: int | None = None) -> np.ndarray:
         """Validate a caller's ids and return them as a 1-D int64 or str array.
 
         Integer catalogs take Python or numpy integers; ids outside int64 cannot be in the
-        catalog and become -1 (counted as unknown). String catalogs take str. Anything else
-        (None, a bare string, nested lists, floats, bools, bytes) raises TypeError.
+        catalog and become -1 (counted as unknown). String catalogs take str; an id longer
+        than the catalog's longest cannot be in it and is looked up as unknown at no extra
+        cost. Anything else (None, a bare string, nested lists, floats, bools, bytes,
+        masked arrays) raises TypeError. ``keep_last``: only the last N ids are read (the
+        rest is never converted); ``max_len``: more ids than that raise ValueError.
         """
         if ids is None:
             raise TypeError(f"{what} must be a list, tuple or numpy array of item ids, not None")
-        if isinstance(ids, (str, bytes)):
+        if isinstance(ids, (str, bytes, bytearray, memoryview)):
+            shown = ids if isinstance(ids, (str, bytes)) else bytes(ids[:40])
             raise TypeError(f"{what} must be a sequence of item ids, not a bare "
-                            f"{type(ids).__name__}; wrap a single id in a list: [{ids!r}]")
+                            f"{type(ids).__name__}; wrap a single id in a list: [{shown!r}]")
+        if isinstance(ids, np.ma.MaskedArray):
+            raise TypeError(f"{what}: masked arrays are not accepted (the mask would be "
+                            "ignored); pass arr.compressed() for the unmasked ids")
         if not isinstance(ids, (np.ndarray, list, tuple, Sequence)):  # ABC check last: slow
             raise TypeError(f"{what} must be a list, tuple or numpy array of item ids, "
                             f"not {type(ids).__name__}")
+        n = len(ids)
+        if max_len is not None and n > max_len:
+            raise ValueError(f"{what} holds {n} ids; at most {max_len} are accepted "
+                             "(sessrec_sdk.Limits, set at Recommender.load)")
+        if keep_last is not None and n > keep_last:
+            ids = ids[n - keep_last:]
         if self.kind == "int":
             return self._coerce_int(ids, what)
         return self._coerce_str(ids, what)
@@ -121,8 +142,10 @@ class ItemIds:
             return arr.astype(np.int64, copy=False)
         if kind == "u":
             return np.where(arr <= INT64_MAX, arr.astype(np.int64), _UNKNOWN_INT)
-        if kind == "O":
-            return self._coerce_objects(arr, what)
+        if kind == "O" or (kind == "f" and not isinstance(ids, np.ndarray)):
+            # a list mixing numpy uint64 and int64 comes out of np.asarray as floats:
+            # judge its elements one by one (real floats still raise)
+            return self._coerce_objects(np.asarray(ids, dtype=object), what)
         raise TypeError(f"{what} item ids must be integers for this catalog, "
                         f"got {_describe(arr)}")
 
@@ -137,18 +160,47 @@ class ItemIds:
         return out
 
     def _coerce_str(self, ids, what: str) -> np.ndarray:
-        if isinstance(ids, np.ndarray) and ids.dtype.kind == "U" and ids.ndim == 1:
-            return ids
+        """str ids in the sorted ids' dtype; an id no catalog id can equal (longer than the
+        widest, or ending in NUL, which numpy would strip) becomes a known-absent id."""
+        dtype = self.sorted_ids.dtype
+        if isinstance(ids, np.ndarray):
+            if ids.dtype.kind != "U" or ids.ndim != 1:
+                if ids.ndim != 1:
+                    raise TypeError(f"{what} must be a flat (1-D) sequence of str item ids, "
+                                    f"got {ids.ndim}-D input")
+                if ids.dtype.kind != "O":
+                    raise TypeError(f"{what} item ids must be str for this catalog, "
+                                    f"got {_describe(ids)}")
+            elif ids.dtype.itemsize <= dtype.itemsize:
+                return ids
+            else:  # wider than any catalog id: only the short enough ones can match
+                fits = np.char.str_len(ids) <= self.width
+                out = np.full(ids.shape, self._absent, dtype=dtype)
+                out[fits] = ids[fits]
+                return out
         items = list(ids)
+        width, absent = self.width, self._absent
         for i, v in enumerate(items):
             if not isinstance(v, str):
                 raise TypeError(f"{what} item ids must be str for this catalog, "
                                 f"got {type(v).__name__} {v!r} at position {i}")
-        return np.array(items, dtype=str) if items else np.empty(0, dtype="<U1")
+            if len(v) > width or v.endswith("\x00"):
+                items[i] = absent
+        return np.array(items, dtype=dtype) if items else np.empty(0, dtype=dtype)
 
 
 # An int64 no catalog can contain: coerce maps out-of-range ids to it, and lookup to -1.
 _UNKNOWN_INT = np.int64(INT64_MIN)
+
+
+def _absent_str(sorted_ids: np.ndarray) -> str:
+    """A str id of at most one character that is not in the catalog ("" unless the catalog
+    holds it: found at once for any real catalog)."""
+    for candidate in itertools.chain([""], map(chr, range(1, 0x110000))):
+        pos = int(sorted_ids.searchsorted(candidate))
+        if not (pos < len(sorted_ids) and sorted_ids[pos] == candidate):
+            return candidate
+    raise ValueError("a catalog of every one-character id has no room for an absent id")
 
 
 def _flat(ids) -> bool:

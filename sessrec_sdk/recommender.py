@@ -3,13 +3,18 @@
 A request flows top to bottom through :meth:`Recommender.recommend`:
 
 1. validate the options (defaults come from the bundle's manifest);
-2. map external ids to catalog rows (ids.py), skipping and counting unknown ones;
-   an empty or all-unknown session gets the popularity fallback;
+2. map external ids to catalog rows (ids.py), skipping and counting unknown ones; only
+   the most recent ``Limits.session_history`` ids are read (limits.py); an empty or
+   all-unknown session gets the popularity fallback;
 3. keep the last ``max_session_length`` items, apply the model's session filter;
 4. the ONNX encoder turns the session into a query vector (encoder.py);
 5. one kernel call merges the neighbor rows of the session items, filters them and keeps
    the top k by query . row (kernels/);
 6. rows go back to external ids in a read-only :class:`Recommendation` (result.py).
+
+A damaged bundle raises a ``BundleError`` naming the file (errors.py), bad arguments raise
+``TypeError``/``ValueError`` naming the argument, and an empty result carries a
+``fallback`` reason saying why.
 """
 from __future__ import annotations
 
@@ -25,16 +30,28 @@ from . import pages
 from .bundle import (
     CANDIDATE_POLICIES,
     CATEGORY_FILTERS,
+    ITEM_IDS_ORDER,
     NEIGHBORS,
     Bundle,
     CorruptFileError,
     read_bundle,
 )
 from .encoder import SessionEncoder
-from .kernels import CatalogArrays, KernelQuery, NeighborRangeError, Scratch, make_kernel
+from .kernels import (
+    CatalogArrays,
+    KernelQuery,
+    NeighborRangeError,
+    RowRangeError,
+    Scratch,
+    make_kernel,
+)
+from .limits import Limits
 from .result import Recommendation
 
 _NO_ROWS = np.empty(0, dtype=np.int32)
+# q . q above this (or NaN) means the encoder's output cannot be scored safely: with rows
+# verified to |x| <= 2**20 every dot product with such a query stays finite.
+_MAX_QUERY_SQUARED = 2.0**100
 
 
 def _read(path: str | os.PathLike, verify: bool | None, prefault: bool) -> Bundle:
@@ -47,9 +64,11 @@ def _read(path: str | os.PathLike, verify: bool | None, prefault: bool) -> Bundl
 class _Served:
     """Everything one loaded bundle needs to answer calls; replaced whole on reload."""
 
-    def __init__(self, bundle: Bundle, backend: str):
+    def __init__(self, bundle: Bundle, backend: str, limits: Limits):
         m = bundle.manifest
         self.bundle = bundle
+        self.limits = limits
+        self._popularity_rank: np.ndarray | None = None
         self.encoder = SessionEncoder(bundle.encoder_path, m["input_dim"], m["dim"])
         self.kernel = make_kernel(CatalogArrays(bundle.item_matrix, bundle.neighbors,
                                                 bundle.item_category, bundle.item_bias),
@@ -62,6 +81,17 @@ class _Served:
         self._local = threading.local()
         k, *rest = Recommender._options(self, None, None, None, None, None)
         self.default_options_k, self.default_options = k, tuple(rest)
+
+    def popularity_rank(self) -> np.ndarray:
+        """Rank of each row in the popularity list (n_items = not listed), built on the
+        first fallback with an allow list so that such a call costs O(len(allow))."""
+        rank = self._popularity_rank
+        if rank is None:
+            pop = self.bundle.popularity
+            rank = np.full(self.n_items, self.n_items, dtype=np.int32)
+            rank[pop] = np.arange(len(pop), dtype=np.int32)
+            self._popularity_rank = rank  # a racing thread builds the same array
+        return rank
 
     def scratch(self) -> Scratch:
         """This thread's visited-stamp arrays (created on the thread's first call)."""
@@ -86,7 +116,8 @@ class Recommender:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, backend: str = "auto",
-             verify: bool | None = None, prefault: bool = False) -> Recommender:
+             verify: bool | None = None, prefault: bool = False,
+             limits: Limits | None = None) -> Recommender:
         """Memory-map a bundle and open its encoder.
 
         ``backend``: "auto" (C, else Numba, else numpy), "c", "numba" or "numpy".
@@ -95,13 +126,18 @@ class Recommender:
         page faults. Load then takes as long as reading the bundle (from the page cache
         or disk), and RSS counts the whole bundle (shared page cache).
         See :mod:`sessrec_sdk.pages`.
+        ``limits``: bounds on one call's work (:class:`sessrec_sdk.Limits`; defaults).
         """
-        return cls(_Served(_read(path, verify, prefault), backend))
+        if limits is not None and not isinstance(limits, Limits):
+            raise TypeError(f"limits must be a sessrec_sdk.Limits, got {type(limits).__name__}")
+        return cls(_Served(_read(path, verify, prefault), backend, limits or Limits()))
 
     def reload(self, path: str | os.PathLike, *, verify: bool | None = None,
                prefault: bool = False) -> None:
-        """Load another bundle on the same backend and switch to it in one assignment."""
-        self._served = _Served(_read(path, verify, prefault), self.backend)
+        """Load another bundle on the same backend and limits and switch to it in one
+        assignment."""
+        s = self._served
+        self._served = _Served(_read(path, verify, prefault), self.backend, s.limits)
 
     @property
     def backend(self) -> str:
@@ -167,13 +203,15 @@ class Recommender:
         known, unknown = self._known(s, session)
         excluded = self._rows(s, exclude, "exclude")
         allowed = None if allow is None else self._rows(s, allow, "allow")
+        if allowed is not None and allowed.size == 0:  # nothing may be returned: say so
+            return self._empty(unknown, "nothing_allowed")
 
         if known.size == 0:
             return self._popular(s, k, excluded, allowed, unknown, "popularity")
 
         window = known[-s.max_length:]
         query = self._encode(s, window)
-        if not math.isfinite(query.sum()):  # NaN/inf anywhere makes the sum non-finite
+        if not float(query.dot(query)) <= _MAX_QUERY_SQUARED:  # also False for NaN
             return self._popular(s, k, excluded, allowed, unknown, "nonfinite_query")
 
         if exclude_seen:
@@ -190,6 +228,13 @@ class Recommender:
         except NeighborRangeError as exc:
             raise CorruptFileError(f"{s.bundle.path / NEIGHBORS}: row {exc.item_row} holds an "
                                    "item id out of range (damaged bundle?)") from None
+        except RowRangeError as exc:  # only a damaged id order can produce such a row
+            raise CorruptFileError(f"{s.bundle.path / ITEM_IDS_ORDER}: maps an id to row "
+                                   f"{exc.row}, outside the catalog (damaged bundle?)") from None
+        if not math.isfinite(scores.sum()):  # rows of an unverified, damaged bundle
+            return self._popular(s, k, excluded, allowed, unknown, "nonfinite_scores")
+        if top_rows.size == 0:
+            return self._empty(unknown, "no_candidates", n_cand)
         return Recommendation(s.bundle.ids.external(top_rows), scores, None, unknown, n_cand)
 
     # ------------------------------------------------------------------ helpers
@@ -231,9 +276,10 @@ class Recommender:
 
     @staticmethod
     def _known(s: _Served, session) -> tuple[np.ndarray, int]:
-        """(rows of the session's known items, oldest first; count of unknown ids)."""
+        """(rows of the session's known items, oldest first; count of unknown ids), over
+        the last ``Limits.session_history`` ids."""
         ids = s.bundle.ids
-        return ids.known(ids.coerce(session))
+        return ids.known(ids.coerce(session, keep_last=s.limits.session_history))
 
     @staticmethod
     def _encoder_rows(s: _Served, window: np.ndarray) -> np.ndarray:
@@ -252,20 +298,35 @@ class Recommender:
     def _rows(s: _Served, ids, what: str) -> np.ndarray:
         if ids is None:
             return _NO_ROWS
-        return s.bundle.ids.known(s.bundle.ids.coerce(ids, what))[0]
+        ids_map = s.bundle.ids
+        return ids_map.known(ids_map.coerce(ids, what, max_len=s.limits.rule_ids))[0]
 
     @staticmethod
-    def _popular(s: _Served, k: int, excluded: np.ndarray, allowed: np.ndarray | None,
+    def _empty(unknown: int, reason: str, n_candidates: int = 0) -> Recommendation:
+        return Recommendation(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32),
+                              reason, unknown, n_candidates)
+
+    @classmethod
+    def _popular(cls, s: _Served, k: int, excluded: np.ndarray, allowed: np.ndarray | None,
                  unknown: int, reason: str) -> Recommendation:
-        """The most popular items, after the caller's exclude/allow rules."""
+        """The most popular items, after the caller's exclude/allow rules. The work is
+        bounded by the rules' sizes, not by the catalog's."""
         pop, pop_scores = s.bundle.popularity, s.bundle.popularity_scores
+        if allowed is not None:  # rank the allowed rows directly
+            cand = np.unique(allowed)
+            cand = cand[~np.isin(cand, excluded)]
+            rank = s.popularity_rank()[cand]
+            cand, rank = cand[rank < len(pop)], rank[rank < len(pop)]
+            if cand.size == 0:
+                return cls._empty(unknown, "nothing_allowed")
+            top = np.sort(rank)[:k]
+            return Recommendation(s.bundle.ids.external(pop[top]),
+                                  np.asarray(pop_scores[top], dtype=np.float32), reason, unknown)
         rows, scores = [], []
         found, chunk = 0, max(4 * k + len(excluded), 1024)
-        for start in range(0, len(pop), chunk):
+        for start in range(0, len(pop), chunk):  # ends after len(excluded) + k listed rows
             block = np.asarray(pop[start:start + chunk])
             keep = ~np.isin(block, excluded)
-            if allowed is not None:
-                keep &= np.isin(block, allowed)
             rows.append(block[keep][:k - found])
             scores.append(np.asarray(pop_scores[start:start + chunk])[keep][:k - found])
             found += len(rows[-1])

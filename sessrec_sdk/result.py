@@ -12,8 +12,13 @@ import numpy as np
 class Recommendation:
     """Top items and their scores, best first (read-only numpy arrays).
 
-    ``fallback`` says why the model was not used ("popularity" for an empty or
-    all-unknown session, "nonfinite_query" if the encoder gave NaN/inf), else None;
+    ``fallback`` says why the model's ranking is not what came back, else None:
+    "popularity" (an empty or all-unknown session: the most popular items),
+    "nonfinite_query" (the encoder gave NaN, inf or a vector too large to score: popular
+    items), "nonfinite_scores" (a damaged, unverified bundle gave NaN/inf scores: popular
+    items), "nothing_allowed" (``allow`` holds no known item that is not excluded: empty),
+    "no_candidates" (no candidate passed the filters and rules: empty). An empty result
+    always has a reason;
     ``unknown`` counts the session ids not in the catalog; ``n_candidates`` counts the
     rows the kernel scored.
     """

@@ -24,6 +24,9 @@ compares them with the intact bundle's answers and classifies the run:
     differing      loaded and answered differently from the intact bundle
     changed        differing, but the damaged bundle is a *valid* bundle (e.g. a manifest
                    default changed to another legal value): not a failure
+    flagged        differing, but every answer that differs carries a fallback reason
+                   that reports damage ("nonfinite_query", "nonfinite_scores"): the
+                   caller is told, so not a silent difference
     refused        a BundleError at load or in a call (class and whether the message
                    names the damaged file are recorded)
     same           loaded and answered exactly as the intact bundle (ids, score bits,
@@ -91,7 +94,10 @@ MODES: tuple[bool | None, ...] = (None, False)
 ALL_FILES = (MANIFEST, ENCODER, ITEM_MATRIX, ITEM_BIAS, INPUT_EMBEDDING, NEIGHBORS,
              ITEM_CATEGORY, POPULARITY, POPULARITY_SCORES, ITEM_IDS, ITEM_IDS_SORTED,
              ITEM_IDS_ORDER)
-OUTCOMES = ("refused", "wrong_family", "crashed", "hung", "same", "differing", "changed")
+OUTCOMES = ("refused", "wrong_family", "crashed", "hung", "same", "differing", "changed",
+            "flagged")
+# fallback reasons with which the runtime reports that the bundle gave unusable values
+DAMAGE_FALLBACKS = ("nonfinite_query", "nonfinite_scores")
 CRASH_MARKERS = ("AddressSanitizer", "UndefinedBehaviorSanitizer", "runtime error:",
                  "*** ", "malloc(): ", "free(): ", "double free", "corrupted",
                  "Fatal Python error", "Segmentation fault", "Aborted")
@@ -999,7 +1005,8 @@ def classify(case: Case, job_result: dict | None, status: str, log: str,
                 "log": log[-1500:]}
     per_backend = {}
     worst = "same"
-    rank = {"same": 0, "changed": 1, "refused": 2, "differing": 3, "wrong_family": 4}
+    rank = {"same": 0, "changed": 1, "flagged": 2, "refused": 3, "differing": 4,
+            "wrong_family": 5}
     for be, res in job_result.items():
         ref = reference[be]["answers"]
         if res["load"] is not None:
@@ -1016,7 +1023,8 @@ def classify(case: Case, job_result: dict | None, status: str, log: str,
                 elif _same(ans, ref[call]):
                     outs["same"] += 1
                 else:
-                    outs["changed" if case.legit else "differing"] += 1
+                    outs["changed" if case.legit else "flagged"
+                         if ans["fallback"] in DAMAGE_FALLBACKS else "differing"] += 1
                     diffs.append({"call": call, "got": _brief(ans), "want": _brief(ref[call])})
             o = max(outs, key=lambda x: rank[x]) if outs else "same"
             per_backend[be] = {"at": "calls", "outcome": o, "counts": dict(outs),
@@ -1195,7 +1203,7 @@ def _names_file(r: dict) -> bool:
 
 
 COLUMNS = ("cases", "refused", "refused_unnamed", "wrong_family", "crashed", "hung", "same",
-           "differing", "changed")
+           "differing", "flagged", "changed")
 
 
 def table(summary: dict) -> str:

@@ -12,6 +12,7 @@ from sessrec_sdk import (
     BundleError,
     ChecksumError,
     CorruptFileError,
+    Limits,
     MissingFileError,
     Recommender,
     VersionError,
@@ -54,13 +55,24 @@ def test_negative_and_huge_integers_are_unknown(rec, small_ids):
     assert out.unknown == 1 and out.fallback is None
 
 
-def test_ten_thousand_item_session(rec, small_ids):
+def test_ten_thousand_item_session(rec, small_bundle, small_ids):
     rng = np.random.default_rng(0)
     session = rng.choice(small_ids, size=10_000).tolist()
     out = rec.recommend(session, k=10)
     assert len(out) <= 10 and out.fallback is None
-    # only the last 3 items drive it; all 10,000 are excluded from the result
+    # only the last Limits.session_history ids are read: those are never returned
+    history = Limits().session_history
+    assert not set(out.item_ids.tolist()) & set(session[-history:])
+    same = rec.recommend(session[-history:], k=10)
+    assert out.item_ids.tolist() == same.item_ids.tolist()
+    assert np.array_equal(out.scores, same.scores)
+    # a host that wants the whole session excluded raises the limit
+    wide = Recommender.load(small_bundle, limits=Limits(session_history=10_000))
+    out = wide.recommend(session, k=10)
     assert not set(out.item_ids.tolist()) & set(session)
+    # the session covers almost the whole catalog: fewer than k left, and an empty
+    # result says why
+    assert len(out) > 0 or out.fallback == "no_candidates"
 
 
 @pytest.mark.parametrize("k, exc", [(0, ValueError), (-3, ValueError), (2.5, TypeError),
@@ -140,11 +152,15 @@ def test_corrupted_file_fails_checksum(bundle_copy):
 
 def test_corrupted_encoder(bundle_copy):
     path = bundle_copy / "encoder.onnx"
-    path.write_bytes(b"not an onnx model")
+    size = path.stat().st_size
+    path.write_bytes(b"not an onnx model")  # another size: refused before it is read
+    with pytest.raises(CorruptFileError, match="encoder.onnx: 17 bytes on disk"):
+        Recommender.load(bundle_copy, verify=False)
+    path.write_bytes(b"not an onnx model".ljust(size, b"\0"))  # the declared size
     with pytest.raises(ChecksumError, match="encoder.onnx"):
         Recommender.load(bundle_copy)
     # even without checksums, ONNX Runtime's refusal is reported as a bundle error
-    with pytest.raises(CorruptFileError, match="encoder.onnx"):
+    with pytest.raises(CorruptFileError, match="encoder.onnx: ONNX Runtime cannot load"):
         Recommender.load(bundle_copy, verify=False)
 
 

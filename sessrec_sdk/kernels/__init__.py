@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 
 from . import reference
-from .common import LANES, CatalogArrays, KernelQuery, NeighborRangeError, Scratch
+from .common import LANES, CatalogArrays, KernelQuery, NeighborRangeError, RowRangeError, Scratch
 
 BACKENDS = ("auto", "c", "numba", "numpy")
 
 __all__ = ["BACKENDS", "LANES", "CatalogArrays", "KernelQuery", "NeighborRangeError",
-           "Scratch", "make_kernel", "available_backends"]
+           "RowRangeError", "Scratch", "make_kernel", "available_backends"]
 
 
 class NumpyKernel:

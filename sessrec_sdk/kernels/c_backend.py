@@ -4,9 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import ffi, lib  # ImportError when the extension was not built
-from .common import CatalogArrays, KernelQuery, NeighborRangeError, Scratch
+from .common import CatalogArrays, KernelQuery, NeighborRangeError, RowRangeError, Scratch
 
-ERR_NEIGHBOR_RANGE = -1
+ERR_NEIGHBOR_RANGE = lib.SR_ERR_NEIGHBOR_RANGE
+ERR_ROW_RANGE = lib.SR_ERR_ROW_RANGE
+ERR_ARGUMENT = lib.SR_ERR_ARGUMENT
 # resolved once: a type given as a string is parsed again on every from_buffer call
 _I32, _U32, _F32 = ffi.typeof("int32_t[]"), ffi.typeof("uint32_t[]"), ffi.typeof("float[]")
 _buf = ffi.from_buffer
@@ -74,4 +76,9 @@ class CKernel:
             _buf(_F32, out_scores, require_writable=True), n_cand)
         if n == ERR_NEIGHBOR_RANGE:
             raise NeighborRangeError(int(out_rows[0]))
+        if n == ERR_ROW_RANGE:
+            raise RowRangeError(int(out_rows[0]))
+        if n == ERR_ARGUMENT:
+            raise ValueError(f"kernel arguments out of range (dim={self._dim}, "
+                             f"n_use={q.n_use}, neighbors per item={self._width})")
         return out_rows[:n], out_scores[:n], n_cand[0]

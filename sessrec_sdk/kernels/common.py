@@ -17,6 +17,25 @@ class NeighborRangeError(Exception):
         self.item_row = item_row
 
 
+class RowRangeError(Exception):
+    """A seed, excluded or allowed row outside [0, n_items) reached the kernel (the rows
+    come from the id lookup, so its arrays are damaged); nothing was read or written."""
+
+    def __init__(self, row: int):
+        super().__init__(f"row {row} is outside the catalog")
+        self.row = row
+
+
+def check_rows(q: KernelQuery, n_items: int) -> None:
+    """Raise RowRangeError unless every row of ``q`` is in [0, n_items) (the numpy twin of
+    the C kernel's own check)."""
+    for rows in (q.seeds, q.excluded, q.allowed):
+        if rows is not None and rows.size:
+            bad = (rows < 0) | (rows >= n_items)
+            if bad.any():
+                raise RowRangeError(int(rows[np.argmax(bad)]))
+
+
 @dataclass(frozen=True)
 class CatalogArrays:
     """The read-only arrays a kernel scores against (usually memory-mapped)."""

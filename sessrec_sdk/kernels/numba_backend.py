@@ -10,7 +10,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from .common import LANES, CatalogArrays, KernelQuery, NeighborRangeError, Scratch
+from .common import LANES, CatalogArrays, KernelQuery, NeighborRangeError, RowRangeError, Scratch
 
 _ZERO = np.float32(0.0)
 # float16 -> float32 is exact, so a lookup table widens half rows exactly as the C code does
@@ -78,16 +78,38 @@ def _sift_up(rows, scores, i):
 
 
 @numba.njit(cache=True, nogil=True)
+def _first_out_of_range(rows, n_items):
+    """0 if every row is in [0, n_items), else the first bad row encoded so 0 is free
+    (row + 1 for rows >= n_items, the row itself for negative rows)."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        if r < 0:
+            return r
+        if r >= n_items:
+            return r + 1
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
 def sr_top_k(matrix, half_table, bias, has_bias, neighbors, n_use, seeds, exclude_seeds,
              categories, allowed_cats, use_cats, excluded, allowed, use_allowed, query,
              seen, allow_mark, epoch, k, out_rows, out_scores):
-    """Returns (n results, n scored); n = -1 and out_rows[0] = item row on a bad neighbor id."""
+    """Returns (n results, n scored); n = -1 and out_rows[0] = item row on a bad neighbor id,
+    n = -2 and out_rows[0] = the row if a seed/excluded/allowed row is out of range."""
     n_items = matrix.shape[0]
     acc = np.zeros(LANES, dtype=np.float32)
     size = 0
     n_scored = 0
     if k <= 0:
         return 0, 0
+    bad = _first_out_of_range(seeds, n_items)
+    if bad == 0:
+        bad = _first_out_of_range(excluded, n_items)
+    if bad == 0:
+        bad = _first_out_of_range(allowed, n_items)
+    if bad != 0:  # rows come from the caller: checked before any is written
+        out_rows[0] = bad - 1 if bad > 0 else bad
+        return -2, 0
     for i in range(excluded.shape[0]):
         seen[excluded[i]] = epoch
     if exclude_seeds:
@@ -175,6 +197,8 @@ class NumbaKernel:
             _EMPTY_I32 if q.allowed is None else q.allowed, q.allowed is not None, q.query,
             scratch.seen, scratch.allow_mark, np.uint32(scratch.next_epoch()), k,
             out_rows, out_scores)
+        if n == -2:
+            raise RowRangeError(int(out_rows[0]))
         if n < 0:
             raise NeighborRangeError(int(out_rows[0]))
         return out_rows[:n], out_scores[:n], int(n_scored)
