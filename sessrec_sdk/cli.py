@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as exc:  # a clean one-line error for users, not a traceback
-        from .bundle import BundleError
+        from .errors import BundleError
 
         if isinstance(exc, (BundleError, ValueError, TypeError, FileExistsError)):
             print(f"sessrec {args.command}: error: {exc}", file=sys.stderr)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import ENCODER, ENCODER_INPUTS, ENCODER_OUTPUT, CorruptFileError
+from .bundle import ENCODER, ENCODER_INPUTS, ENCODER_OUTPUT
+from .errors import CorruptFileError
 
 
 def session_options() -> ort.SessionOptions:

@@ -76,9 +76,9 @@ from sessrec_sdk.bundle import (
     NEIGHBORS,
     POPULARITY,
     POPULARITY_SCORES,
-    BundleError,
     write_bundle,
 )
+from sessrec_sdk.errors import BundleError
 
 try:  # imported (not compiled) in the parent; each child loads its cached machine code
     import sessrec_sdk.kernels.c_backend  # noqa: F401

@@ -289,3 +289,248 @@ def test_update_manifest_changes_only_the_manifest(bundle_copy):
         update_manifest(bundle_copy, defaults={**manifest["defaults"], "k": 0})
     assert Recommender.load(bundle_copy).manifest["defaults"]["k"] == 7
     assert sorted(f.name for f in bundle_copy.iterdir()) == sorted(before)
+
+
+# ------------------------------------------------------------------ bounded work (issue 10)
+
+
+@pytest.fixture(scope="module")
+def str_rec(str_bundle):
+    return Recommender.load(str_bundle)
+
+
+def _peak_bytes(fn) -> int:
+    """Peak of Python and numpy allocations while ``fn`` runs (numpy reports its buffers
+    to tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("length", [10_000, 1_000_000])
+def test_long_string_id_costs_no_more_than_a_short_one(str_rec, length):
+    ids = str_rec.item_ids
+    known = ids[[3, 7]].tolist()
+    long_id = "x" * length  # built outside the measurement: it is the caller's memory
+    short = _peak_bytes(lambda: str_rec.recommend(known + ["nope"], k=10))
+    for place in ("session", "exclude", "allow"):
+        kwargs = {place: [long_id] + known} if place != "session" else {}
+        session = known + [long_id] if place == "session" else known
+        peak = _peak_bytes(lambda s=session, kw=kwargs: str_rec.recommend(s, k=10, **kw))
+        # numpy would widen every sorted id to the long id's width: len(ids) * 4 * length
+        assert peak < short + 64 * 1024, (place, peak, short)
+    out = str_rec.recommend(known + [long_id], k=10)
+    assert out.unknown == 1 and out.fallback is None
+    wide = np.array(known + [long_id])  # a numpy array that wide is refused the same way
+    assert str_rec.recommend(wide, k=10).unknown == 1
+
+
+def test_string_id_with_trailing_nul_is_unknown(str_rec):
+    known = str_rec.item_ids[[3, 7]].tolist()
+    out = str_rec.recommend([known[0], known[1] + "\x00"], k=5)
+    assert out.unknown == 1  # numpy would strip the NUL and match known[1]
+
+
+@pytest.mark.parametrize("session", [bytearray(b"12"), memoryview(b"12")])
+def test_byte_buffers_are_refused_like_bytes(rec, session):
+    with pytest.raises(TypeError, match="bare"):
+        rec.recommend(session)
+
+
+def test_masked_array_is_refused(rec, small_ids):
+    arr = np.ma.masked_array(small_ids[:3], mask=[False, True, False])
+    with pytest.raises(TypeError, match="masked"):
+        rec.recommend(arr)
+
+
+def test_mixed_numpy_integer_types_are_ids(rec, small_ids):
+    a, b = int(small_ids[0]), int(small_ids[1])
+    out = rec.recommend([np.uint64(a), np.int64(b)], k=5)
+    ref = rec.recommend([a, b], k=5)
+    assert out.unknown == 0 and out.item_ids.tolist() == ref.item_ids.tolist()
+
+
+def test_rule_lists_over_the_limit_are_refused_before_any_work(small_bundle, small_ids):
+    strict = Recommender.load(small_bundle, limits=Limits(rule_ids=10))
+    session = small_ids[:3].tolist()
+    with pytest.raises(ValueError, match="exclude holds 11 ids; at most 10"):
+        strict.recommend(session, exclude=small_ids[:11].tolist())
+    with pytest.raises(ValueError, match="allow holds 11 ids"):
+        strict.recommend(session, allow=small_ids[:11].tolist())
+    assert len(strict.recommend(session, exclude=small_ids[:10].tolist(), k=3)) == 3
+    with pytest.raises(ValueError, match="session_history"):
+        Limits(session_history=0)
+    with pytest.raises(TypeError, match="Limits"):
+        Recommender.load(small_bundle, limits={"rule_ids": 5})
+
+
+def test_long_session_reads_only_the_history(small_bundle, small_ids):
+    r = Recommender.load(small_bundle, limits=Limits(session_history=5))
+    session = [-1] * 50 + small_ids[:5].tolist()  # 50 unknown ids before the window
+    out = r.recommend(session, k=5)
+    assert out.unknown == 0 and out.fallback is None
+    assert r.recommend([-1] * 5 + small_ids[:5].tolist(), k=5).unknown == 0
+    assert r.recommend(small_ids[:5].tolist() + [-1] * 5, k=5).fallback == "popularity"
+
+
+@pytest.mark.parametrize("kwargs, reason", [
+    ({"allow": []}, "nothing_allowed"),
+    ({"allow": [-5, -6]}, "nothing_allowed"),
+])
+def test_empty_results_say_why(rec, small_ids, kwargs, reason):
+    for session in (small_ids[:3].tolist(), []):
+        out = rec.recommend(session, k=5, **kwargs)
+        assert len(out) == 0 and out.fallback == reason
+
+
+def test_allow_within_exclude_says_why(rec, small_ids):
+    session = small_ids[:3].tolist()
+    near = rec.recommend(session, k=5).item_ids.tolist()
+    out = rec.recommend(session, k=5, allow=near, exclude=near)
+    assert len(out) == 0 and out.fallback == "no_candidates"
+    out = rec.recommend([], k=5, allow=near, exclude=near)
+    assert len(out) == 0 and out.fallback == "nothing_allowed"
+
+
+def test_popularity_fallback_with_allow_list_matches_a_scan(rec, small_bundle, small_ids):
+    pop = np.load(small_bundle / "popularity.npy")
+    rng = np.random.default_rng(3)
+    allow = rng.choice(small_ids, size=300, replace=False)
+    exclude = allow[:50]
+    out = rec.recommend([], k=20, allow=allow.tolist(), exclude=exclude.tolist())
+    allowed_rows = set(np.flatnonzero(np.isin(small_ids, allow[50:])).tolist())
+    want = [small_ids[r] for r in pop if r in allowed_rows][:20]
+    assert out.item_ids.tolist() == want and out.fallback == "popularity"
+
+
+# ------------------------------------------------------------------ damaged bundles (issue 10)
+
+
+def _resign(bundle, name):
+    import hashlib
+
+    m = json.loads((bundle / "manifest.json").read_text())
+    data = (bundle / name).read_bytes()
+    m["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (bundle / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("value", [2**30, -5])
+@pytest.mark.parametrize("verify", [None, False])
+def test_id_order_out_of_range_is_refused_at_every_load(bundle_copy, value, verify):
+    path = bundle_copy / "item_ids_order.npy"
+    order = np.load(path)
+    order[0] = value
+    np.save(path, order)
+    _resign(bundle_copy, "item_ids_order.npy")
+    with pytest.raises(CorruptFileError, match="item_ids_order.npy: value"):
+        Recommender.load(bundle_copy, verify=verify)
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_kernels_check_rows_before_writing(small_bundle, backend):
+    from sessrec_sdk.kernels import CatalogArrays, KernelQuery, RowRangeError, Scratch, make_kernel
+
+    b = Recommender.load(small_bundle)._served.bundle
+    kernel = make_kernel(CatalogArrays(b.item_matrix, b.neighbors, b.item_category, None),
+                         backend)
+    n = b.item_matrix.shape[0]
+    q = KernelQuery(seeds=np.array([1, 2], np.int32), query=np.ones(32, np.float32), k=5,
+                    n_use=4, exclude_seeds=True, excluded=np.empty(0, np.int32), allowed=None,
+                    allowed_cats=None)
+    scratch = Scratch(n)
+    for bad in (n, n + 64, -1, 2**31 - 1):
+        for field in ("seeds", "excluded", "allowed"):
+            with pytest.raises(RowRangeError) as e:
+                kernel.top_k(q._replace(**{field: np.array([3, bad], np.int32)}), scratch)
+            assert e.value.row == bad
+    assert not scratch.seen.any() and not scratch.allow_mark.any()  # nothing was written
+
+
+def test_manifest_that_is_not_a_regular_file_or_too_large(bundle_copy, tmp_path):
+    m = bundle_copy / "manifest.json"
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(64 * 2**20)  # sparse: never read
+    m.unlink()
+    m.symlink_to(big)
+    with pytest.raises(CorruptFileError, match="manifest.json: .* bytes; a manifest is at most"):
+        Recommender.load(bundle_copy)
+    m.unlink()
+    m.mkdir()
+    with pytest.raises(CorruptFileError, match="manifest.json: not a regular file"):
+        Recommender.load(bundle_copy)
+
+
+def test_file_larger_than_declared_is_refused_before_it_is_read(bundle_copy):
+    with open(bundle_copy / "item_matrix.npy", "ab") as f:
+        f.truncate(2**34)  # 16 GiB, sparse: a checksum of it would take a minute
+    for verify in (None, True, False):
+        with pytest.raises(CorruptFileError, match="item_matrix.npy: .* bytes on disk"):
+            Recommender.load(bundle_copy, verify=verify)
+
+
+def test_deeply_nested_manifest_is_a_bundle_error(bundle_copy):
+    (bundle_copy / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CorruptFileError, match="manifest.json: not valid JSON"):
+        Recommender.load(bundle_copy)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("format_version", -1), ("format_version", 0), ("files", []), ("inference", "x"),
+    ("has_categories", "yes"), ("files", {"../../etc/passwd": {"sha256": "", "bytes": 1}}),
+])
+def test_manifest_types_fail_at_load(bundle_copy, key, value):
+    _edit_manifest(bundle_copy, lambda m: m.__setitem__(key, value))
+    with pytest.raises(CorruptFileError, match="manifest.json"):
+        Recommender.load(bundle_copy, verify=False)
+
+
+def _encoder_short_by_one(d: int, data_dependent: bool) -> bytes:
+    """query = mean(item_emb)[:d-1]; the slice end is a constant (ONNX Runtime infers the
+    [1, d-1] shape at load) or computed from the items (known only when it runs)."""
+    from onnx import TensorProto, helper
+
+    const = [helper.make_tensor("s", TensorProto.INT64, [1], [0]),
+             helper.make_tensor("a", TensorProto.INT64, [1], [1]),
+             helper.make_tensor("z", TensorProto.INT64, [1], [0]),
+             helper.make_tensor("dm1", TensorProto.INT64, [1], [d - 1])]
+    nodes = [helper.make_node("ReduceMean", ["item_emb"], ["m"], axes=[1], keepdims=0)]
+    if data_dependent:  # e = min(items) * 0 + (d - 1)
+        nodes += [helper.make_node("ReduceMin", ["items"], ["mn"], axes=[1], keepdims=0),
+                  helper.make_node("Mul", ["mn", "z"], ["zero"]),
+                  helper.make_node("Add", ["zero", "dm1"], ["e"])]
+    else:
+        nodes += [helper.make_node("Identity", ["dm1"], ["e"])]
+    nodes += [helper.make_node("Slice", ["m", "s", "e", "a"], ["query"])]
+    graph = helper.make_graph(
+        nodes, "short",
+        [helper.make_tensor_value_info("items", TensorProto.INT64, [1, "L"]),
+         helper.make_tensor_value_info("item_emb", TensorProto.FLOAT, [1, "L", d])],
+        [helper.make_tensor_value_info("query", TensorProto.FLOAT, None)], const)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_encoder_output_of_another_shape_is_refused(bundle_copy):
+    d = json.loads((bundle_copy / "manifest.json").read_text())["dim"]
+    ids = np.load(bundle_copy / "item_ids.npy")
+    (bundle_copy / "encoder.onnx").write_bytes(_encoder_short_by_one(d, False))
+    _resign(bundle_copy, "encoder.onnx")
+    with pytest.raises(CorruptFileError, match=rf"encoder.onnx: encoder output 'query' must "
+                                               rf"be float32 \[1, dim={d}\]"):
+        Recommender.load(bundle_copy)
+    (bundle_copy / "encoder.onnx").write_bytes(_encoder_short_by_one(d, True))
+    _resign(bundle_copy, "encoder.onnx")
+    rec = Recommender.load(bundle_copy)  # the shape is not known before it runs
+    for backend_rec in (rec, Recommender.load(bundle_copy, backend="numpy")):
+        with pytest.raises(CorruptFileError, match=rf"encoder.onnx: the encoder returned "
+                                                   rf"float32 \(1, {d - 1}\)"):
+            backend_rec.recommend(ids[:3].tolist())
