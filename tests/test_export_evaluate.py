@@ -305,3 +305,172 @@ def test_export_float16_rows(tiny_run, tmp_path):
     assert len(overlap) >= 30 and np.mean(overlap) > 0.9
     with pytest.raises(ValueError, match="item_dtype"):
         export_bundle(ckpt, tmp_path / "bad", item_dtype="int8", progress=False)
+
+
+# ------------------------------------------------------------------ parity tolerance
+
+
+class _SkewedModel:
+    """The checkpoint's model with a known error added to the torch score of one item, in
+    float64 so that the error is exact; everything else is the model's own."""
+
+    def __init__(self, model, row: int, delta: float):
+        self._model, self._row, self._delta = model, row, delta
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def scores(self, q):
+        s = self._model.scores(q).double()
+        s[:, self._row] += self._delta
+        return s
+
+
+def test_parity_check_fires_at_the_documented_tolerance(tiny_run):
+    """One item's torch score moved by just above / just below PARITY_TOLERANCE (1e-4):
+    refused / accepted. Every other score is exact, so a check that measured the closest
+    score (.min()) or an average instead of the worst would accept both."""
+    import export_tools.export as E
+    from export_tools.checkpoint import load_checkpoint
+
+    _, ckpt, bundle, _ = tiny_run
+    assert E.PARITY_TOLERANCE == 1e-4  # the documented tolerance
+    model, catalog, _ = load_checkpoint(ckpt)
+    ids = np.asarray(catalog.item_ids)
+    step = max(1, catalog.n_items // 6)
+    sessions = [np.array([r]) for r in range(0, catalog.n_items, step)][:6]
+    sessions.append(np.array([1, 4, 1]))
+    base = E.check_parity(bundle, model, catalog, sessions)
+    assert base["max_abs_score_diff"] < 1e-6 and base["sessions"] == len(sessions)
+    # the item the SDK ranks first for the first session: it is among the checked scores
+    rec = Recommender.load(bundle)
+    top = rec.recommend(ids[sessions[0]], k=50, category_filter="none",
+                        exclude_session_items=False).item_ids[0]
+    row = int(catalog.rows(np.array([top]))[0])
+    margin = 2e-6 + 2 * base["max_abs_score_diff"]
+    for delta in (E.PARITY_TOLERANCE + margin, -(E.PARITY_TOLERANCE + margin)):
+        with pytest.raises(ParityError, match="differ from torch"):
+            E.check_parity(bundle, _SkewedModel(model, row, delta), catalog, sessions)
+    for delta in (E.PARITY_TOLERANCE - margin, -(E.PARITY_TOLERANCE - margin)):
+        result = E.check_parity(bundle, _SkewedModel(model, row, delta), catalog, sessions)
+        assert abs(result["max_abs_score_diff"] - abs(delta)) <= base["max_abs_score_diff"] + 1e-9
+        assert result["max_abs_score_diff"] < E.PARITY_TOLERANCE
+
+
+# ------------------------------------------------------------------ popularity order
+
+
+def test_popularity_order_and_ties_hand_counted():
+    from export_tools.defaults import popularity
+
+    # event counts by row: 0 -> 1, 1 -> 2, 2 -> 3, 3 -> 1, 4 -> 1, 5 -> 0 (8 events)
+    sessions = [np.array([0, 2, 2]), np.array([2, 1]), np.array([3, 1]), np.array([4])]
+    order, shares = popularity(sessions, 6)
+    # most frequent first; the tie of rows 0, 3, 4 (one event each) by the lower row
+    assert order.tolist() == [2, 1, 0, 3, 4, 5]
+    assert order.dtype == np.int32 and shares.dtype == np.float32
+    np.testing.assert_array_equal(shares, np.array([3, 2, 1, 1, 1, 0], np.float32) / 8)
+    # another tie, between the most frequent rows: 5 and 1 twice each, 0 once
+    order, shares = popularity([np.array([5, 1]), np.array([1, 5, 0])], 6)
+    assert order.tolist() == [1, 5, 0, 2, 3, 4]
+    np.testing.assert_array_equal(shares, np.array([2, 2, 1, 0, 0, 0], np.float32) / 5)
+
+
+def test_exported_popularity_matches_hand_counts(tiny_run):
+    """The bundle's popularity ranking (every cold-start and all-unknown session gets it)
+    against event counts of the training sessions, counted here with a Counter: most
+    events first, ties by the checkpoint's item order; the shares are count / events."""
+    from collections import Counter
+
+    from export_tools.train import load_training_data
+
+    root, ckpt, bundle, _ = tiny_run
+    sessions, _ = load_training_data(root / "train.csv", DATA / "items.csv.gz")
+    model_ids = np.load(ckpt / "item_ids.npy")
+    counts = Counter(int(r) for s in sessions for r in s)
+    events = sum(counts.values())
+    expected = sorted(range(len(model_ids)), key=lambda r: (-counts[r], r))
+    rec = Recommender.load(bundle)
+    pop_rows = np.load(bundle / "popularity.npy")
+    np.testing.assert_array_equal(rec.item_ids[pop_rows], model_ids[expected])
+    shares = np.load(bundle / "popularity_scores.npy")
+    np.testing.assert_allclose(shares, [counts[r] / events for r in expected], rtol=1e-6)
+    assert counts[expected[0]] > counts[expected[-1]]  # the slice has distinct counts
+    # the runtime fallback serves that order
+    out = rec.recommend([], k=20)
+    assert out.fallback == "popularity"
+    np.testing.assert_array_equal(out.item_ids, model_ids[expected[:20]])
+
+
+# ------------------------------------------------------------------ string ids
+
+
+def _bundle_arrays(path: Path):
+    from sessrec_sdk.kernels import CatalogArrays
+
+    bias = path / "item_bias.npy"
+    return CatalogArrays(np.load(path / "item_matrix.npy"), np.load(path / "neighbors.npy"),
+                         np.load(path / "item_category.npy"),
+                         np.load(bias) if bias.exists() else None)
+
+
+def test_string_ids_each_result_is_the_reference_kernels(str_bundle):
+    """A string-id catalog: every returned id is the one the numpy reference kernel ranks
+    at that place on the bundle's own arrays (rows looked up with a plain dict here)."""
+    from sessrec_sdk.kernels import KernelQuery, reference
+
+    rec = Recommender.load(str_bundle)
+    assert rec._served.bundle.ids.kind == "str"
+    ids = np.load(str_bundle / "item_ids.npy")
+    row_of = {v: r for r, v in enumerate(ids.tolist())}
+    cat = _bundle_arrays(str_bundle)
+    d = rec.manifest["defaults"]
+    window_len = rec.manifest["inference"]["max_session_length"]
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(40):
+        session = [str(x) for x in rng.choice(ids, size=rng.integers(1, 6))]
+        known = np.array([row_of[x] for x in session], np.int32)
+        window = known[-window_len:]
+        for f in ("none", "last", "session"):
+            cats = {"none": None, "last": cat.categories[window[-1:]],
+                    "session": np.unique(cat.categories[window])}[f]
+            q = KernelQuery(seeds=window, query=rec.query(session), k=15,
+                            n_use=d["neighbors"], exclude_seeds=d["exclude_session_items"],
+                            excluded=known if d["exclude_session_items"] else
+                            np.empty(0, np.int32), allowed=None, allowed_cats=cats)
+            rows, scores, _ = reference.top_k(cat, q)
+            out = rec.recommend(session, k=15, category_filter=f)
+            assert out.unknown == 0
+            assert out.fallback == (None if len(rows) else "no_candidates")
+            assert out.item_ids.tolist() == ids[rows].tolist()
+            assert np.array_equal(out.scores.view(np.uint32), scores.view(np.uint32))
+            checked += len(rows)
+    assert checked > 1000
+
+
+def test_string_ids_unknown_are_counted_never_mapped(str_bundle):
+    """Unknown string ids that sort right next to real ones (same prefix, one more
+    character; before the first id; after the last) are skipped and counted."""
+    rec = Recommender.load(str_bundle)
+    ids = np.load(str_bundle / "item_ids.npy")
+    srt = np.sort(ids)
+    a, b = str(ids[7]), str(ids[123])
+    near = [a + "0", b[:-1], str(srt[0])[:-1], str(srt[-1]) + "z", "", "zzz"]
+    near = [x for x in near if x not in set(ids.tolist())]
+    assert len(near) >= 5
+    for bogus in near:
+        # the lookup itself: no row for the unknown id, the right row for the known ones
+        lookup = rec._served.bundle.ids
+        rows, n_unknown = lookup.known(np.array([a, bogus, b]))
+        assert n_unknown == 1 and ids[rows].tolist() == [a, b], bogus
+        assert lookup.rows(np.array([bogus, a])).tolist()[0] == -1
+        got = rec.recommend([a, bogus, b], k=10)
+        want = rec.recommend([a, b], k=10)
+        assert got.unknown == 1 and want.unknown == 0
+        assert got.item_ids.tolist() == want.item_ids.tolist()
+        assert np.array_equal(got.scores, want.scores)
+    all_unknown = rec.recommend(near, k=10)
+    assert all_unknown.unknown == len(near) and all_unknown.fallback == "popularity"
+    pop = np.load(str_bundle / "popularity.npy")
+    assert all_unknown.item_ids.tolist() == ids[pop[:10]].tolist()
