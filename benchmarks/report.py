@@ -396,6 +396,16 @@ def alternatives_table(benches) -> str:
                    b.rounds, note(b)] for b in rows])
 
 
+def hostile_table(benches) -> str:
+    rows = [b for b in benches if b["suite"] == "hostile"]
+    if not rows:
+        return "_not measured in this run_"
+    base = next((b for b in rows if b["case"] == "short ids"), None)
+    return table(["call", "median", "p99", "vs short ids", "rounds"],
+                 [[b["case"], t(b.median), t(b.p99),
+                   ratio(b.median, base.median) if base else "–", b.rounds] for b in rows])
+
+
 def hnsw_ef_table(benches) -> str:
     rows = [b for b in benches if b["axis"] == "efSearch"]
     if not rows:
@@ -708,6 +718,10 @@ def build(results: Path, out: Path, plot_path: Path | None = None) -> dict:
                 for b in benches if b["suite"] == "grainrec" and b["method"] == "sessrec"])
          if any(b["suite"] == "grainrec" for b in benches)
          else "_Skipped: no exported GRAINRec bundle (see the accuracy section)._"),
+        "",
+        "### Hostile input (string-id catalog of the reference size, default Limits)",
+        "",
+        hostile_table(benches),
         "",
         "## Alternatives, every size and traffic kind",
         "",

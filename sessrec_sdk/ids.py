@@ -179,14 +179,19 @@ class ItemIds:
                 out[fits] = ids[fits]
                 return out
         items = list(ids)
-        width, absent = self.width, self._absent
-        for i, v in enumerate(items):
-            if not isinstance(v, str):
-                raise TypeError(f"{what} item ids must be str for this catalog, "
-                                f"got {type(v).__name__} {v!r} at position {i}")
-            if len(v) > width or v.endswith("\x00"):
-                items[i] = absent
-        return np.array(items, dtype=dtype) if items else np.empty(0, dtype=dtype)
+        if not items:
+            return np.empty(0, dtype=dtype)
+        width = self.width
+        # C-level passes over the ids; the Python loop runs only when one needs fixing
+        if (set(map(type, items)) != {str} or max(map(len, items)) > width
+                or "\x00" in "".join(items)):
+            for i, v in enumerate(items):
+                if not isinstance(v, str):
+                    raise TypeError(f"{what} item ids must be str for this catalog, "
+                                    f"got {type(v).__name__} {v!r} at position {i}")
+                if len(v) > width or v.endswith("\x00"):
+                    items[i] = self._absent
+        return np.array(items, dtype=dtype)
 
 
 # An int64 no catalog can contain: coerce maps out-of-range ids to it, and lookup to -1.

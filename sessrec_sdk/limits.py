@@ -21,7 +21,7 @@ class Limits:
     ValueError (a silent cut would return items a business rule forbids).
     """
 
-    session_history: int = 1_000
+    session_history: int = 200
     rule_ids: int = 100_000
 
     def __post_init__(self) -> None:

@@ -1,8 +1,8 @@
 """Hypothesis fuzz of the C kernel (sr_top_k, both instruction sets) and the C id lookup
 (sr_find_int64), against the numpy reference and np.searchsorted.
 
-Every call stays inside the kernel's documented contract (rows in range, k >= 1, ...),
-except neighbor ids, which may be anything: the kernel must report those, not read them.
+Neighbor ids and the seed / excluded / allowed rows may be anything: the kernel must
+report those (SR_ERR_NEIGHBOR_RANGE, SR_ERR_ROW_RANGE), never read or write through them.
 Under the sanitizer build (scripts/sanitize.sh) any out-of-bounds access or undefined
 behaviour aborts the process with a report.
 
@@ -21,7 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sessrec_sdk import _kernels
-from sessrec_sdk.kernels import CatalogArrays, KernelQuery, NeighborRangeError, Scratch, reference
+from sessrec_sdk.kernels import (
+    CatalogArrays,
+    KernelQuery,
+    NeighborRangeError,
+    RowRangeError,
+    Scratch,
+    reference,
+)
 from sessrec_sdk.kernels.c_backend import CKernel, instruction_set
 
 ffi, lib = _kernels.ffi, _kernels.lib
@@ -58,6 +65,14 @@ def catalog_queries(draw):
             if draw(st.booleans()) else None)
     query = (rng.standard_normal(dim) * draw(st.sampled_from([1.0, 1e-3, 1e3]))
              ).astype(np.float32)
+    if draw(st.integers(0, 9)) == 0:  # a row outside the catalog: refused before any write
+        bad = draw(st.sampled_from([n, n + 64, -1, -(2**31), 2**31 - 1]))
+        which = draw(st.sampled_from(["seeds", "excluded", "allowed"]))
+        arr = {"seeds": seeds, "excluded": excluded, "allowed": allowed}[which]
+        arr = np.append(arr if arr is not None else np.empty(0, np.int32), np.int32(bad))
+        seeds, excluded, allowed = ((arr if w == which else a) for w, a in
+                                    (("seeds", seeds), ("excluded", excluded),
+                                     ("allowed", allowed)))
     q = KernelQuery(seeds=seeds, query=query, k=draw(st.integers(1, 2 * n + 3)),
                     n_use=draw(st.integers(1, width)), exclude_seeds=draw(st.booleans()),
                     excluded=excluded, allowed=allowed, allowed_cats=cats)
@@ -70,6 +85,8 @@ def _top_k(cat, q, scratch):
         return CKernel(cat).top_k(q, scratch)
     except NeighborRangeError as exc:
         return ("range", exc.item_row)
+    except RowRangeError as exc:
+        return ("rows", exc.row)
 
 
 def _is_range(result) -> bool:
@@ -81,6 +98,8 @@ def check_top_k(cat: CatalogArrays, q: KernelQuery) -> None:
         want = reference.top_k(cat, q)
     except NeighborRangeError as exc:
         want = ("range", exc.item_row)
+    except RowRangeError as exc:
+        want = ("rows", exc.row)
     scratch = Scratch(cat.n_items)
     best = instruction_set()
     for isa in ("portable", "best"):
@@ -90,12 +109,15 @@ def check_top_k(cat: CatalogArrays, q: KernelQuery) -> None:
         finally:
             instruction_set("best")
         if _is_range(want) or _is_range(got):
-            # both must report the damaged neighbor row
-            assert _is_range(want) and _is_range(got), (isa, want, got)
+            # both must report the same kind of damage (a bad row, or a bad neighbor id)
+            assert _is_range(want) and _is_range(got) and got[0] == want[0], (isa, want, got)
+            if want[0] == "rows":
+                assert got == want, (isa, want, got)
+                assert not scratch.seen.any() and not scratch.allow_mark.any()
             continue
         np.testing.assert_array_equal(got[0], want[0], err_msg=isa)
-        np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-5 * max(
-            1.0, float(np.abs(want[1]).max(initial=0))), err_msg=isa)
+        np.testing.assert_array_equal(got[1].view(np.uint32), want[1].view(np.uint32),
+                                      err_msg=isa)  # bit-identical scores
         assert got[2] == want[2], isa
     assert instruction_set() == best
 
