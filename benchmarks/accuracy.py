@@ -60,7 +60,7 @@ def run(p: C.Profile, bundle: Path | None = None, limit: int | None = None) -> d
         return {"skipped": C.grainrec_missing_message()}
     t_start = time.perf_counter()
     rec = Recommender.load(bundle, verify=False)
-    b = rec._served.bundle
+    b = rec.bundle
     exclude = bool(rec.manifest["defaults"]["exclude_session_items"])
     _, test, _ = load_diginetica()
     sessions = [s for s in test if len(s) >= 2]

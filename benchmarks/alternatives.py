@@ -71,7 +71,7 @@ class FullCatalogOnnx:
 
         from sessrec_sdk.encoder import session_options
 
-        b = rec._served.bundle
+        b = rec.bundle
         if b.item_matrix.dtype != np.float32:
             raise ValueError("full-catalog ONNX is benchmarked on float32 bundles")
         path = cache_root() / "bench-onnx" / f"{bundle_fingerprint(b.path)}-full.onnx"
@@ -94,7 +94,7 @@ class FullCatalogOnnx:
     def __call__(self, session, k: int) -> np.ndarray:
         rows = self.rec.session_rows(session)
         if rows.size == 0:
-            return self._ids.external(np.asarray(self.rec._served.bundle.popularity[:k]))
+            return self._ids.external(np.asarray(self.rec.bundle.popularity[:k]))
         ov = self._ort.OrtValue.ortvalue_from_numpy
         feeds = {"items": ov(rows.astype(np.int64)[None, :]),
                  "item_emb": ov(self._emb.take(rows, axis=0).astype(np.float32)[None]),
@@ -112,7 +112,7 @@ class FullCatalogNumpy:
     name = "full-catalog numpy"
 
     def __init__(self, rec):
-        b = rec._served.bundle
+        b = rec.bundle
         if b.item_matrix.dtype != np.float32:
             raise ValueError("full-catalog numpy is benchmarked on float32 bundles")
         self.rec = rec
@@ -129,7 +129,7 @@ class FullCatalogNumpy:
     def __call__(self, session, k: int) -> np.ndarray:
         q = self.rec.query(session)
         if q is None:
-            return self._ids.external(np.asarray(self.rec._served.bundle.popularity[:k]))
+            return self._ids.external(np.asarray(self.rec.bundle.popularity[:k]))
         s = self.scores(q)
         top = np.argpartition(s, -k)[-k:]
         top = top[np.argsort(-s[top], kind="stable")]
@@ -192,7 +192,7 @@ class Hnsw:
     def __init__(self, rec, M: int = 32, ef_construction: int = 40, ef_search: int = 64):
         import faiss
 
-        b = rec._served.bundle
+        b = rec.bundle
         self.index = faiss.read_index(str(ensure_hnsw(b.path, M, ef_construction)))
         faiss.omp_set_num_threads(1)  # one thread per call, like sessrec
         self.set_ef(ef_search)
@@ -211,6 +211,6 @@ class Hnsw:
     def __call__(self, session, k: int) -> np.ndarray:
         q = self.rec.query(session)
         if q is None:
-            return self._ids.external(np.asarray(self.rec._served.bundle.popularity[:k]))
+            return self._ids.external(np.asarray(self.rec.bundle.popularity[:k]))
         top = self.search(q, k)
         return self._ids.external(top[top >= 0].astype(np.int32))

@@ -248,7 +248,7 @@ def popularity_weights(rec) -> np.ndarray:
     be the same few items), so their ranking is used with Zipf's law, weight 1/rank
     (``ZIPF_EXPONENT``), instead: the top 1% of a 1M catalog draws ~70% of the traffic.
     """
-    b = rec._served.bundle
+    b = rec.bundle
     if rec.manifest["model"]["kind"] != "synthetic":
         return np.asarray(b.popularity_scores, dtype=np.float64)
     ranks = np.arange(1, len(b.popularity) + 1, dtype=np.float64)
@@ -259,7 +259,7 @@ def session_pool(rec, length: int, traffic: str, size: int, seed: int = SEED) ->
     """``size`` sessions of ``length`` distinct items as external ids (Python lists, what a
     web host passes), drawn with a fixed seed: uniformly over the catalog, or by popularity
     (:func:`popularity_weights`)."""
-    b = rec._served.bundle
+    b = rec.bundle
     n = rec.n_items
     rng = np.random.default_rng([seed, length, TRAFFIC.index(traffic), n])
     if traffic == "uniform":

@@ -84,7 +84,7 @@ class Suite:
         if key not in self._recs:
             self._recs[key] = self._load(path, backend, prefault)
         elif prefault:
-            map_every_page(self._recs[key]._served.bundle.arrays())
+            map_every_page(self._recs[key].bundle.arrays())
         return self._recs[key]
 
     @staticmethod
@@ -95,7 +95,7 @@ class Suite:
 
     def pool(self, rec, length: int, traffic: str) -> list:
         """The session pool of a bundle; the same rows for every bundle of one size."""
-        key = (str(rec._served.bundle.path), 0 if traffic == "test" else length, traffic)
+        key = (str(rec.bundle.path), 0 if traffic == "test" else length, traffic)
         if key not in self._pools:
             if traffic == "test":
                 self._pools[key] = C.diginetica_pool(rec)
@@ -106,7 +106,7 @@ class Suite:
     def alternative(self, rec, kind: str, **kw):
         from benchmarks import alternatives as A
 
-        key = (str(rec._served.bundle.path), kind)
+        key = (str(rec.bundle.path), kind)
         if key not in self._alts:
             if kind == "onnx":
                 self._alts[key] = A.FullCatalogOnnx(rec)

@@ -26,10 +26,10 @@ RECALL_SESSIONS = 200
 
 def _exact_top(rec, pool, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(query vectors, exact top-k rows over the whole catalog) of the first sessions."""
-    key = (str(rec._served.bundle.path), id(pool), k)
+    key = (str(rec.bundle.path), id(pool), k)
     if key not in _EXACT:
         queries = np.stack([rec.query(s) for s in pool[:RECALL_SESSIONS]])
-        matrix = rec._served.bundle.item_matrix
+        matrix = rec.bundle.item_matrix
         best_s = np.full((len(queries), k), -np.inf, np.float32)
         best_r = np.zeros((len(queries), k), np.int64)
         for start in range(0, len(matrix), 65536):
@@ -52,7 +52,7 @@ def _hnsw_recall(rec, alt, pool, k: int) -> float:
 
 
 def _hnsw_info(rec) -> dict:
-    path = rec._served.bundle.path
+    path = rec.bundle.path
     index = A.hnsw_index_path(path, P.hnsw_M, P.hnsw_ef_construction)
     return {"ef_search": P.hnsw_ef_search, "M": P.hnsw_M,
             "ef_construction": P.hnsw_ef_construction,

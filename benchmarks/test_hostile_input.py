@@ -3,8 +3,8 @@ the session (or in ``exclude``), a session of a million ids, and an exclude list
 limit, against the same call with short ids. On a string-id catalog the size of the
 reference point's (full profile: 1M items; smoke: 4,000), C backend, default ``Limits``.
 
-Before the bounds of sessrec_sdk/limits.py and ids.py, a 10 KB id cost ~1.9 GB and seconds
-on a 50k-item catalog (numpy widened every sorted id to the query's width)."""
+Without the bounds of sessrec_sdk/limits.py and ids.py, numpy would widen every sorted id
+to the longest query id's width on every call (docs/robustness.md)."""
 from __future__ import annotations
 
 import numpy as np

@@ -18,16 +18,14 @@ when its rows are in cache.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import pytest
 
 from benchmarks import common as C
-from sessrec_sdk.kernels import KernelQuery
+from sessrec_sdk.kernels import CatalogArrays
 from sessrec_sdk.kernels.reference import candidate_rows
-from sessrec_sdk.recommender import Recommender
 from sessrec_sdk.result import Recommendation
 
 P = C.profile_from_env()
@@ -42,43 +40,35 @@ VARIANTS = {
 
 
 class Prepared:
-    """Per-session inputs of every stage, computed once with the SDK's own helpers, the
-    same way recommend() computes them."""
+    """Per-session inputs of every stage, computed once with the Recommender's own public
+    stages (plan, encode, kernel_query, score), the very code recommend() runs."""
 
     def __init__(self, rec, pool: list, k: int):
-        s = rec._served
-        self.rec, self.s = rec, s
+        self.rec, self.k = rec, k
         # sessions with no known item take the popularity fallback, not the model path
-        self.pool = pool = [x for x in pool if Recommender._known(s, x)[0].size]
-        k, cat_filter, n_use, exclude_seen = Recommender._options(s, k, None, None, None, None)
-        self.k = k
-        self.windows, self.queries, self.kq, self.outs = [], [], [], []
+        self.pool = pool = [x for x in pool if rec.plan(x).known.size]
+        self.plans, self.outputs, self.kq, self.outs = [], [], [], []
         for session in pool:
-            known, _ = Recommender._known(s, session)
-            window = known[-s.max_length:]
-            query = Recommender._encode(s, window)
-            excluded = known if exclude_seen else np.empty(0, np.int32)
-            allowed_cats = None
-            if cat_filter == "last":
-                allowed_cats = s.bundle.item_category[window[-1:]]
-            elif cat_filter == "session":
-                allowed_cats = np.unique(s.bundle.item_category[window])
-            q = KernelQuery(seeds=window, query=query, k=k, n_use=n_use,
-                            exclude_seeds=exclude_seen, excluded=excluded, allowed=None,
-                            allowed_cats=allowed_cats)
-            self.windows.append(window)
-            self.queries.append(query)
+            plan = rec.plan(session, k)
+            outputs = rec.encode(plan)
+            q = rec.kernel_query(plan, outputs)
+            self.plans.append(plan)
+            self.outputs.append(outputs)
             self.kq.append(q)
-            self.outs.append(s.kernel.top_k(q, s.scratch()))
+            self.outs.append(rec.score(plan, q))
+
+    @property
+    def catalog(self) -> CatalogArrays:
+        b = self.rec.bundle
+        return CatalogArrays(b.item_matrix, b.neighbors, b.item_category, b.item_bias)
 
     def gather_inputs(self) -> list:
         """(rows the kernel scores, query) per session, for the gather floor."""
-        cat = self.s.kernel._cat
-        return [(candidate_rows(cat, q), q.query) for q in self.kq]
+        return [(candidate_rows(self.catalog, q), q.query) for q in self.kq]
 
     def floor_blocks(self, n_blocks: int) -> list:
         """(contiguous float32 block of the rows the kernel scores, query) per session."""
-        cat = self.s.kernel._cat
+        cat = self.catalog
         out = []
         for q in self.kq[:n_blocks]:
             rows = candidate_rows(cat, q)
@@ -87,33 +77,22 @@ class Prepared:
 
 
 def in_call_stages(rec, session, k: int) -> tuple[dict, Recommendation]:
-    """One recommend() call, step for step as Recommender.recommend runs it (default
-    options), with a clock read between the steps: the stages *inside* a call, where they
-    share caches with each other (the isolated benchmarks above run each stage alone).
-    ``test_stage`` checks the result equals recommend()'s, so this copy cannot drift."""
+    """One recommend() call through its public stages, with a clock read between them:
+    the stages *inside* a call, where they share caches with each other (the isolated
+    benchmarks above run each stage alone). ``run`` is recommend()'s own second half;
+    the breakdown checks the result equals recommend()'s."""
     clock = time.perf_counter
-    s = rec._served
     t0 = clock()
-    k, cat_filter, n_use, exclude_seen = Recommender._options(s, k, None, None, None, None)
-    known, unknown = Recommender._known(s, session)
+    plan = rec.plan(session, k)
     t1 = clock()
-    window = known[-s.max_length:]
-    query = Recommender._encode(s, window)
+    outputs = rec.encode(plan)
     t2 = clock()
-    if not math.isfinite(query.sum()):
-        raise AssertionError("non-finite query")
-    excluded = known if exclude_seen else np.empty(0, np.int32)
-    allowed_cats = None
-    if cat_filter == "last":
-        allowed_cats = s.bundle.item_category[window[-1:]]
-    elif cat_filter == "session":
-        allowed_cats = np.unique(s.bundle.item_category[window])
-    q = KernelQuery(seeds=window, query=query, k=k, n_use=n_use, exclude_seeds=exclude_seen,
-                    excluded=excluded, allowed=None, allowed_cats=allowed_cats)
+    q = rec.kernel_query(plan, outputs)
     t3 = clock()
-    top_rows, scores, n_cand = s.kernel.top_k(q, s.scratch())
+    top_rows, scores, n_cand = rec.score(plan, q)
     t4 = clock()
-    result = Recommendation(s.bundle.ids.external(top_rows), scores, None, unknown, n_cand)
+    result = Recommendation(rec.bundle.ids.external(top_rows), scores, None, plan.unknown,
+                            n_cand)
     t5 = clock()
     return {"options + id mapping": t1 - t0, "encoder": t2 - t1, "kernel query": t3 - t2,
             "kernel": t4 - t3, "result building": t5 - t4, "total": t5 - t0}, result
@@ -121,7 +100,7 @@ def in_call_stages(rec, session, k: int) -> tuple[dict, Recommendation]:
 
 def in_call_breakdown(prep: Prepared, n: int) -> dict:
     """Medians (seconds) of each in-call stage over ``n`` sessions of the pool, after
-    checking the instrumented copy returns what recommend() returns."""
+    checking the instrumented calls return what recommend() returns."""
     pool = prep.pool[:n]
     for x in pool[:50]:
         got = in_call_stages(prep.rec, x, prep.k)[1]
@@ -162,23 +141,23 @@ if P.grainrec:
 @pytest.mark.parametrize("which,traffic,stage", CASES)
 def test_stage(measure, suite, which, traffic, stage):
     prep = _prepared(suite, which, traffic)
-    s, rec, k = prep.s, prep.rec, prep.k
-    scratch = s.scratch()
+    rec, k = prep.rec, prep.k
+    plan0 = prep.plans[0]
     if stage == "recommend":
         fn, pool = (lambda x: rec.recommend(x, k=k)), prep.pool
     elif stage == "id mapping":
-        fn, pool = (lambda x: Recommender._known(s, x)), prep.pool
+        fn, pool = (lambda x: rec.plan(x, k)), prep.pool
     elif stage == "encoder":
-        fn, pool = (lambda w: Recommender._encode(s, w)), prep.windows
+        fn, pool = rec.encode, prep.plans
     elif stage == "kernel":
-        fn, pool = (lambda q: s.kernel.top_k(q, scratch)), prep.kq
+        fn, pool = (lambda q: rec.score(plan0, q)), prep.kq
     elif stage == "kernel, hot":
-        fn, pool = (lambda q: s.kernel.top_k(q, scratch)), prep.kq[:1]
+        fn, pool = (lambda q: rec.score(plan0, q)), prep.kq[:1]
     elif stage == "result building":
-        ids = s.bundle.ids
+        ids = rec.bundle.ids
         fn, pool = (lambda o: Recommendation(ids.external(o[0]), o[1], None, 0, o[2])), prep.outs
     elif stage == "numpy gather floor":
-        matrix = s.kernel._cat.matrix
+        matrix = prep.catalog.matrix
         fn, pool = (lambda rq: matrix.take(rq[0], axis=0) @ rq[1]), prep.gather_inputs()
     elif stage == "numpy matmul floor":
         fn, pool = (lambda bq: bq[0] @ bq[1]), prep.floor_blocks(P.floor_blocks)

@@ -1,4 +1,5 @@
-"""Bundle format v1: the one thing that crosses from the export tools to the runtime.
+"""Bundle format v2 (v1 still loads): the one thing that crosses from the export tools to
+the runtime.
 
 A bundle is a directory of ``.npy`` arrays (memory-mapped at load, never pickled), an ONNX
 session encoder and ``manifest.json``. This module is the single spec: ``write_bundle``
@@ -25,7 +26,10 @@ from .errors import ChecksumError, CorruptFileError, MissingFileError, VersionEr
 from .ids import INT64_MIN, ItemIds, sorted_index
 from .pages import drop_cached
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# the oldest format this reader loads (v1: the encoder declaration was implied, see
+# encoder_spec)
+MIN_FORMAT_VERSION = 1
 
 MANIFEST = "manifest.json"
 ENCODER = "encoder.onnx"
@@ -44,10 +48,27 @@ REQUIRED_FILES = (ENCODER, ITEM_MATRIX, NEIGHBORS, POPULARITY, POPULARITY_SCORES
                   ITEM_IDS, ITEM_IDS_SORTED, ITEM_IDS_ORDER)
 OPTIONAL_FILES = (ITEM_BIAS, INPUT_EMBEDDING, ITEM_CATEGORY)
 
-# Encoder I/O names: items [1, L] int64 (session structure), item_emb [1, L, d_in] float32
-# (rows gathered by the runtime), query [1, d] float32.
+# The encoder's inputs and outputs are declared in the manifest (v2) by name and kind; the
+# kind says what the runtime feeds or reads. Input kinds, each [1, L] over the encoded
+# window of L session items, oldest first:
+#   items       int64           the items' catalog rows (the session structure: which
+#                               positions hold the same item)
+#   item_rows   float32 [.., d_in]  the items' rows of input_embedding.npy (or the item
+#                               matrix), gathered by the runtime: [1, L, input_dim]
+#   positions   int64           0 .. L-1, oldest first
+#   recency     int64           L-1 .. 0: how many items came after each one
+# Output kinds:
+#   query            float32 [1, dim]  the session vector (exactly one)
+#   category_scores  float32 [1, n]    a score per category (models with a category head)
+#   extra            float32           any other named output, handed on by name
+INPUT_KINDS = ("items", "item_rows", "positions", "recency")
+OUTPUT_KINDS = ("query", "category_scores", "extra")
+# v1 bundles declared no kinds: their encoder is this one
 ENCODER_INPUTS = ("items", "item_emb")
 ENCODER_OUTPUT = "query"
+DEFAULT_ENCODER_SPEC = {"inputs": [{"name": "items", "kind": "items"},
+                                   {"name": "item_emb", "kind": "item_rows"}],
+                        "outputs": [{"name": "query", "kind": "query"}]}
 
 CATEGORY_FILTERS = ("last", "session", "none")
 SESSION_FILTERS = ("none", "last_category")
@@ -189,6 +210,37 @@ def _check_values(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> No
                                            f"values (|x| > {MAX_ABS_VALUE:g})")
 
 
+def encoder_spec(manifest: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+    """The encoder's declared inputs and outputs ({"inputs": [{"name", "kind"}, ...],
+    "outputs": [...]}); a v1 manifest implies :data:`DEFAULT_ENCODER_SPEC`."""
+    if manifest["format_version"] < 2:
+        return DEFAULT_ENCODER_SPEC
+    return manifest["encoder"]
+
+
+def _check_encoder_spec(spec: Any, where: Path) -> None:
+    def entries(key: str, kinds: tuple[str, ...]) -> list[dict]:
+        items = spec.get(key) if isinstance(spec, dict) else None
+        if not (isinstance(items, list) and items and all(
+                isinstance(e, dict) and isinstance(e.get("name"), str) and e["name"]
+                and e.get("kind") in kinds for e in items)):
+            raise CorruptFileError(f"{where}: encoder.{key} must be a non-empty list of "
+                                   f'{{"name": str, "kind": one of {kinds}}}')
+        return items
+
+    inputs, outputs = entries("inputs", INPUT_KINDS), entries("outputs", OUTPUT_KINDS)
+    names = [e["name"] for e in inputs + outputs]
+    if len(set(names)) != len(names):
+        raise CorruptFileError(f"{where}: encoder names must be unique, got {names}")
+    for key, group, unique in (("inputs", inputs, INPUT_KINDS),
+                               ("outputs", outputs, ("query", "category_scores"))):
+        kinds = [e["kind"] for e in group if e["kind"] in unique]
+        if len(set(kinds)) != len(kinds):
+            raise CorruptFileError(f"{where}: encoder.{key} declares a kind twice: {kinds}")
+    if not any(e["kind"] == "query" for e in outputs):
+        raise CorruptFileError(f"{where}: encoder.outputs must include the 'query' kind")
+
+
 def _check_manifest(manifest: Any, path: Path) -> None:
     where = path / MANIFEST
     if not isinstance(manifest, dict):
@@ -200,6 +252,10 @@ def _check_manifest(manifest: Any, path: Path) -> None:
     if version > FORMAT_VERSION:
         raise VersionError(f"{where}: bundle format {version} is newer than this sessrec "
                            f"{__version__} reads (up to {FORMAT_VERSION}); upgrade sessrec")
+    if version >= 2:
+        if "encoder" not in manifest:
+            raise CorruptFileError(f"{where}: format 2 needs the encoder declaration")
+        _check_encoder_spec(manifest["encoder"], where)
     required = ("n_items", "dim", "input_dim", "neighbors_per_item", "id_kind", "files",
                 "model", "inference", "defaults")
     missing = [k for k in required if k not in manifest]
@@ -402,6 +458,7 @@ def write_bundle(
     data_stats: dict[str, Any] | None = None,
     tool_versions: dict[str, str] | None = None,
     row_order: str = "given",
+    encoder_io: dict[str, list[dict[str, str]]] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a bundle atomically: build it in a sibling temp dir, then rename into place.
@@ -410,6 +467,8 @@ def write_bundle(
     "session_filter": one of SESSION_FILTERS}; ``defaults`` = {"k", "category_filter",
     "exclude_session_items", "neighbors", "candidates"}. ``row_order`` only records how the
     caller numbered the rows ("given": model/id order, "locality": export_tools.layout).
+    ``encoder_io``: the encoder's named inputs and outputs with their kinds (see
+    INPUT_KINDS / OUTPUT_KINDS; default: items + item_rows -> query).
     Arrays are validated with the same checks the reader runs, so a bundle that writes is
     a bundle that loads.
     """
@@ -458,7 +517,7 @@ def write_bundle(
         "has_categories": item_category is not None,
         "has_bias": item_bias is not None,
         "score_transform": "dot",
-        "encoder": {"inputs": list(ENCODER_INPUTS), "output": ENCODER_OUTPUT},
+        "encoder": encoder_io or DEFAULT_ENCODER_SPEC,
         "inference": inference,
         "defaults": defaults,
         "data_stats": data_stats or {},

@@ -1,89 +1,175 @@
-"""The ONNX session encoder: session rows and their embeddings -> one query vector.
+"""The ONNX session encoder: the session's window of items -> the query vector (and any
+further named outputs the bundle declares, e.g. category scores).
+
+The manifest declares each input and output by name and kind (sessrec_sdk.bundle,
+INPUT_KINDS / OUTPUT_KINDS); this module builds the feeds the kinds ask for, checks the
+model's own declaration against them at load and checks every result before the kernels
+read it.
 
 ONNX Runtime runs with one intra-op and one inter-op thread so that one recommend() uses
 one core and a host scales by running calls in parallel threads or processes.
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import ENCODER, ENCODER_INPUTS, ENCODER_OUTPUT
+from .bundle import ENCODER
 from .errors import CorruptFileError
 
+#: ONNX type and shape (None = any length, "d_in"/"dim" = the bundle's) of each input kind
+_INPUT_TYPES = {"items": ("tensor(int64)", [1, None]),
+                "item_rows": ("tensor(float)", [1, None, "d_in"]),
+                "positions": ("tensor(int64)", [1, None]),
+                "recency": ("tensor(int64)", [1, None])}
 
-def session_options() -> ort.SessionOptions:
+#: the named outputs of one encoder run
+EncoderOutputs = dict[str, np.ndarray]
+
+
+def session_options(overrides: dict[str, Any] | None = None) -> ort.SessionOptions:
+    """sessrec's ONNX Runtime options (one thread, all graph optimisations); ``overrides``
+    sets further ``SessionOptions`` attributes by name."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for name, value in (overrides or {}).items():
+        if not hasattr(opts, name):
+            raise ValueError(f"onnxruntime.SessionOptions has no attribute {name!r}")
+        setattr(opts, name, value)
     return opts
 
 
 class SessionEncoder:
     """Wraps an ``InferenceSession``; ``run`` is thread-safe, so one instance serves all."""
 
-    def __init__(self, path: str | Path, input_dim: int, output_dim: int):
+    def __init__(self, path: str | Path, spec: dict[str, list[dict[str, str]]],
+                 input_dim: int, output_dim: int, ort_options: dict[str, Any] | None = None):
         path = Path(path)
+        self.path, self.name = path, ENCODER
+        self.input_dim, self.output_dim = input_dim, output_dim
+        options = session_options(ort_options)  # a bad option is the caller's ValueError
         try:
-            self._session = ort.InferenceSession(str(path), session_options(),
+            self._session = ort.InferenceSession(str(path), options,
                                                  providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise CorruptFileError(
                 f"{path}: ONNX Runtime cannot load the encoder ({exc})") from None
-        inputs = {i.name: i for i in self._session.get_inputs()}
-        outputs = [o.name for o in self._session.get_outputs()]
-        if set(inputs) != set(ENCODER_INPUTS) or ENCODER_OUTPUT not in outputs:
-            raise CorruptFileError(
-                f"{path}: encoder must take inputs {list(ENCODER_INPUTS)} and give "
-                f"'{ENCODER_OUTPUT}'; it takes {sorted(inputs)} and gives {outputs}")
-        if inputs["items"].type != "tensor(int64)" or inputs["item_emb"].type != "tensor(float)":
-            raise CorruptFileError(f"{path}: encoder input types must be items int64, "
-                                   "item_emb float32")
-        out = next(o for o in self._session.get_outputs() if o.name == ENCODER_OUTPUT)
-        if out.type != "tensor(float)" or not _shape_fits(out.shape, [1, output_dim]):
-            raise CorruptFileError(
-                f"{path}: encoder output '{ENCODER_OUTPUT}' must be float32 [1, dim={output_dim}]"
-                f", it is declared {out.type} {out.shape}")
-        if not _shape_fits(inputs["item_emb"].shape, [1, None, input_dim]):
-            raise CorruptFileError(
-                f"{path}: encoder input 'item_emb' must be float32 [1, L, input_dim="
-                f"{input_dim}], it is declared {inputs['item_emb'].shape}")
-        self.input_dim = input_dim
-        self.output_dim = output_dim
-        self._outputs = [ENCODER_OUTPUT]
+        self._check_declaration(spec)
+        self._feeds = tuple((e["name"], e["kind"]) for e in spec["inputs"])
+        self._outputs = [e["name"] for e in spec["outputs"]]
+        self.output_kinds = {e["name"]: e["kind"] for e in spec["outputs"]}
+        self.query_name = next(e["name"] for e in spec["outputs"] if e["kind"] == "query")
+        self._query_index = self._outputs.index(self.query_name)
         # InferenceSession.run re-checks the feed's names on every call (several µs, a
-        # tenth of the encoder's time); the feed is fixed here and its names were checked
-        # above, so calls go to the C++ session's run when onnxruntime exposes it.
+        # tenth of the encoder's time); the names were checked above, so calls go to the
+        # C++ session's run when onnxruntime exposes it.
         self._run = getattr(self._session, "_sess", self._session).run
-        self.path = path
-        self.name = ENCODER
 
-    def __call__(self, rows: np.ndarray, item_emb: np.ndarray) -> np.ndarray:
-        """rows int64 [L], item_emb float32 [L, d_in] -> query float32 [d].
+    def _check_declaration(self, spec: dict[str, list[dict[str, str]]]) -> None:
+        path = self.path
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        outputs = {o.name: o for o in self._session.get_outputs()}
+        want_in = {e["name"]: e["kind"] for e in spec["inputs"]}
+        missing = [n for n in {e["name"] for e in spec["outputs"]} if n not in outputs]
+        if set(inputs) != set(want_in) or missing:
+            raise CorruptFileError(
+                f"{path}: the manifest declares inputs {sorted(want_in)} and outputs "
+                f"{[e['name'] for e in spec['outputs']]}; the encoder takes {sorted(inputs)} "
+                f"and gives {sorted(outputs)}")
+        dims = {"d_in": self.input_dim, "dim": self.output_dim}
+        for name, kind in want_in.items():
+            onnx_type, shape = _INPUT_TYPES[kind]
+            shape = [dims.get(d, d) for d in shape]
+            if inputs[name].type != onnx_type or not _shape_fits(inputs[name].shape, shape):
+                raise CorruptFileError(
+                    f"{path}: encoder input {name!r} (kind {kind}) must be {onnx_type} "
+                    f"{shape}, it is declared {inputs[name].type} {inputs[name].shape}")
+        for e in spec["outputs"]:
+            o = outputs[e["name"]]
+            want = [1, self.output_dim] if e["kind"] == "query" else [1, None]
+            if o.type != "tensor(float)" or (e["kind"] != "extra"
+                                             and not _shape_fits(o.shape, want)):
+                raise CorruptFileError(
+                    f"{path}: encoder output {e['name']!r} (kind {e['kind']}) must be "
+                    f"float32 {want}, it is declared {o.type} {o.shape}")
 
-        The result is checked on every call (the kernels read exactly ``dim`` float32s
-        from it): an encoder that fails or returns another shape or dtype raises
+    def feeds(self, rows: np.ndarray, item_emb: np.ndarray) -> dict[str, np.ndarray]:
+        """The encoder's inputs for a window: rows int64 [L], item_emb float32 [L, d_in]."""
+        out = {}
+        for name, kind in self._feeds:
+            if kind == "items":
+                out[name] = rows[None, :]
+            elif kind == "item_rows":
+                out[name] = item_emb[None, :, :]
+            elif kind == "positions":
+                out[name] = np.arange(len(rows), dtype=np.int64)[None, :]
+            else:  # recency
+                out[name] = np.arange(len(rows) - 1, -1, -1, dtype=np.int64)[None, :]
+        return out
+
+    def __call__(self, rows: np.ndarray, item_emb: np.ndarray) -> EncoderOutputs:
+        """rows int64 [L], item_emb float32 [L, d_in] -> the named outputs, each flattened
+        to 1-D (the query: float32 [dim]).
+
+        Results are checked on every call (the kernels read exactly ``dim`` float32s from
+        the query): an encoder that fails or returns another shape or dtype raises
         CorruptFileError naming the file."""
         try:
-            out = self._run(self._outputs, {"items": rows[None, :],
-                                            "item_emb": item_emb[None, :, :]}, None)[0]
+            results = self._run(self._outputs, self.feeds(rows, item_emb), None)
         except Exception as exc:  # onnxruntime's own exception types
             raise CorruptFileError(f"{self.path}: the encoder failed on a session of "
                                    f"{len(rows)} items ({str(exc)[:300]})") from None
-        if not (isinstance(out, np.ndarray) and out.dtype == np.float32
-                and out.size == self.output_dim):
+        for name, out in zip(self._outputs, results):
+            if not (isinstance(out, np.ndarray) and out.dtype == np.float32):
+                raise CorruptFileError(f"{self.path}: the encoder returned "
+                                       f"{getattr(out, 'dtype', type(out))} for {name!r}, "
+                                       "not float32")
+        query = results[self._query_index]
+        if query.size != self.output_dim:
             raise CorruptFileError(
-                f"{self.path}: the encoder returned {getattr(out, 'dtype', type(out))} "
-                f"{getattr(out, 'shape', '')}, not float32 [1, {self.output_dim}]")
-        return out.reshape(-1)
+                f"{self.path}: the encoder returned float32 {query.shape} for "
+                f"{self.query_name!r}, not float32 [1, {self.output_dim}]")
+        return {name: out.reshape(-1) for name, out in zip(self._outputs, results)}
 
 
-def _shape_fits(declared: list, expected: list) -> bool:
+class CachedEncoder:
+    """An encoder whose outputs are kept for the last ``size`` distinct windows (LRU): for
+    evaluation (many settings over the same sessions) and for hosts whose traffic repeats
+    sessions. Thread-safe."""
+
+    def __init__(self, encoder: SessionEncoder, size: int):
+        self.encoder, self.size = encoder, size
+        self.path, self.name = encoder.path, encoder.name
+        self._memo: OrderedDict[bytes, EncoderOutputs] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, rows: np.ndarray, item_emb: np.ndarray) -> EncoderOutputs:
+        key = rows.tobytes()
+        with self._lock:
+            hit = self._memo.get(key)
+            if hit is not None:
+                self._memo.move_to_end(key)
+                return hit
+        out = self.encoder(rows, item_emb)
+        for v in out.values():  # shared by every caller that hits the cache
+            v.setflags(write=False)
+        with self._lock:
+            self._memo[key] = out
+            if len(self._memo) > self.size:
+                self._memo.popitem(last=False)
+        return out
+
+
+def _shape_fits(declared: list | None, expected: list) -> bool:
     """A declared ONNX shape (ints, symbolic names or None) that can be ``expected``
     (None there = any length)."""
     if declared is None:

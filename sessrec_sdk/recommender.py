@@ -1,20 +1,24 @@
 """Recommender: load a bundle, answer ``recommend(session)`` in microseconds.
 
-A request flows top to bottom through :meth:`Recommender.recommend`:
+A request flows top to bottom through :meth:`Recommender.recommend`, which is
+:meth:`Recommender.plan` followed by :meth:`Recommender.run`:
 
-1. validate the options (defaults come from the bundle's manifest);
-2. map external ids to catalog rows (ids.py), skipping and counting unknown ones; only
-   the most recent ``Limits.session_history`` ids are read (limits.py); an empty or
-   all-unknown session gets the popularity fallback;
-3. keep the last ``max_session_length`` items, apply the model's session filter;
-4. the ONNX encoder turns the session into a query vector (encoder.py);
-5. one kernel call merges the neighbor rows of the session items, filters them and keeps
-   the top k by query . row (kernels/);
-6. rows go back to external ids in a read-only :class:`Recommendation` (result.py).
+1. ``plan``: validate the options (defaults come from the bundle's manifest);
+2. ``plan``: map external ids to catalog rows (ids.py), skipping and counting unknown
+   ones; only the most recent ``Limits.session_history`` ids are read (limits.py);
+3. ``plan``: keep the last ``max_session_length`` known items: the window;
+4. ``run``: an empty or all-unknown session gets the popularity fallback; otherwise the
+   ONNX encoder turns the window (after the model's session filter) into a query vector
+   and any further named outputs the bundle declares (:meth:`encode`, encoder.py);
+5. ``run``: one kernel call merges the neighbor rows of the window's items, filters them
+   and keeps the top k by query . row (:meth:`kernel_query`, :meth:`score`, kernels/);
+6. ``run``: rows go back to external ids in a read-only :class:`Recommendation`
+   (result.py).
 
-A damaged bundle raises a ``BundleError`` naming the file (errors.py), bad arguments raise
-``TypeError``/``ValueError`` naming the argument, and an empty result carries a
-``fallback`` reason saying why.
+The stages are public so that benchmarks and the evaluation time or reuse them without a
+second implementation of the request path. A damaged bundle raises a ``BundleError``
+naming the file (errors.py), bad arguments raise ``TypeError``/``ValueError`` naming the
+argument, and an empty result carries a ``fallback`` reason saying why.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import math
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -33,10 +37,11 @@ from .bundle import (
     ITEM_IDS_ORDER,
     NEIGHBORS,
     Bundle,
-    CorruptFileError,
+    encoder_spec,
     read_bundle,
 )
-from .encoder import SessionEncoder
+from .encoder import CachedEncoder, EncoderOutputs, SessionEncoder
+from .errors import CorruptFileError
 from .kernels import (
     CatalogArrays,
     KernelQuery,
@@ -54,22 +59,20 @@ _NO_ROWS = np.empty(0, dtype=np.int32)
 _MAX_QUERY_SQUARED = 2.0**100
 
 
-def _read(path: str | os.PathLike, verify: bool | None, prefault: bool) -> Bundle:
-    bundle = read_bundle(path, verify=verify)
-    if prefault:
-        pages.prefault(bundle.arrays())
-    return bundle
-
-
 class _Served:
     """Everything one loaded bundle needs to answer calls; replaced whole on reload."""
 
-    def __init__(self, bundle: Bundle, backend: str, limits: Limits):
+    def __init__(self, bundle: Bundle, backend: str, limits: Limits, encoder_cache: int,
+                 ort_options: dict[str, Any] | None):
         m = bundle.manifest
         self.bundle = bundle
         self.limits = limits
+        self.load_options = (encoder_cache, ort_options)
         self._popularity_rank: np.ndarray | None = None
-        self.encoder = SessionEncoder(bundle.encoder_path, m["input_dim"], m["dim"])
+        encoder = SessionEncoder(bundle.encoder_path, encoder_spec(m), m["input_dim"],
+                                 m["dim"], ort_options)
+        self.encoder = CachedEncoder(encoder, encoder_cache) if encoder_cache else encoder
+        self.query_name = encoder.query_name  # the output of kind "query"
         self.kernel = make_kernel(CatalogArrays(bundle.item_matrix, bundle.neighbors,
                                                 bundle.item_category, bundle.item_bias),
                                   backend)
@@ -79,7 +82,7 @@ class _Served:
         self.n_items: int = m["n_items"]
         self.width: int = m["neighbors_per_item"]
         self._local = threading.local()
-        k, *rest = Recommender._options(self, None, None, None, None, None)
+        k, *rest = _options(self, None, None, None, None, None)
         self.default_options_k, self.default_options = k, tuple(rest)
 
     def popularity_rank(self) -> np.ndarray:
@@ -101,6 +104,23 @@ class _Served:
         return s
 
 
+class CallPlan(NamedTuple):
+    """One call with its options resolved and its ids mapped (stages 1-3); made by
+    :meth:`Recommender.plan`, carried out by :meth:`Recommender.run`. A plan stays bound
+    to the bundle it was made on, even across a reload."""
+
+    k: int
+    category_filter: str
+    neighbors: int
+    exclude_session_items: bool
+    known: np.ndarray              # int32 rows of the known session ids, oldest first
+    unknown: int                   # session ids not in the catalog
+    window: np.ndarray             # the last max_session_length rows of ``known``
+    excluded: np.ndarray           # int32 rows of ``exclude=``
+    allowed: np.ndarray | None     # int32 rows of ``allow=`` (None: no allow list)
+    served: _Served
+
+
 class Recommender:
     """Session-based next-item recommender serving one bundle.
 
@@ -117,7 +137,8 @@ class Recommender:
     @classmethod
     def load(cls, path: str | os.PathLike, *, backend: str = "auto",
              verify: bool | None = None, prefault: bool = False,
-             limits: Limits | None = None) -> Recommender:
+             limits: Limits | None = None, encoder_cache: int = 0,
+             ort_options: dict[str, Any] | None = None) -> Recommender:
         """Memory-map a bundle and open its encoder.
 
         ``backend``: "auto" (C, else Numba, else numpy), "c", "numba" or "numpy".
@@ -127,17 +148,26 @@ class Recommender:
         or disk), and RSS counts the whole bundle (shared page cache).
         See :mod:`sessrec_sdk.pages`.
         ``limits``: bounds on one call's work (:class:`sessrec_sdk.Limits`; defaults).
+        ``encoder_cache``: keep the encoder's outputs for this many distinct windows (LRU;
+        0 = none): for evaluations and traffic that repeats sessions.
+        ``ort_options``: further ``onnxruntime.SessionOptions`` attributes by name (the
+        defaults: one intra- and one inter-op thread, all graph optimisations).
         """
         if limits is not None and not isinstance(limits, Limits):
             raise TypeError(f"limits must be a sessrec_sdk.Limits, got {type(limits).__name__}")
-        return cls(_Served(_read(path, verify, prefault), backend, limits or Limits()))
+        if isinstance(encoder_cache, bool) or not isinstance(encoder_cache, int) \
+                or encoder_cache < 0:
+            raise ValueError(f"encoder_cache must be an int >= 0, got {encoder_cache!r}")
+        return cls(_Served(_read(path, verify, prefault), backend, limits or Limits(),
+                           encoder_cache, ort_options))
 
     def reload(self, path: str | os.PathLike, *, verify: bool | None = None,
                prefault: bool = False) -> None:
-        """Load another bundle on the same backend and limits and switch to it in one
-        assignment."""
+        """Load another bundle with the same backend and load options and switch to it in
+        one assignment."""
         s = self._served
-        self._served = _Served(_read(path, verify, prefault), self.backend, s.limits)
+        self._served = _Served(_read(path, verify, prefault), self.backend, s.limits,
+                               *s.load_options)
 
     @property
     def backend(self) -> str:
@@ -149,6 +179,11 @@ class Recommender:
         return self._served.bundle.manifest
 
     @property
+    def bundle(self) -> Bundle:
+        """The loaded bundle (memory-mapped arrays, read-only)."""
+        return self._served.bundle
+
+    @property
     def item_ids(self) -> np.ndarray:
         """The catalog's external ids in row order (read-only, memory-mapped)."""
         return self._served.bundle.ids.in_row_order
@@ -156,19 +191,6 @@ class Recommender:
     @property
     def n_items(self) -> int:
         return self._served.n_items
-
-    def session_rows(self, session: Sequence[Any] | np.ndarray) -> np.ndarray:
-        """The catalog rows the encoder sees for ``session``: known ids, the last
-        ``max_session_length`` of them, after the model's session filter."""
-        s = self._served
-        known, _ = self._known(s, session)
-        return self._encoder_rows(s, known[-s.max_length:])
-
-    def query(self, session: Sequence[Any] | np.ndarray) -> np.ndarray | None:
-        """The session vector the candidates are scored against (None: no known item)."""
-        s = self._served
-        known, _ = self._known(s, session)
-        return self._encode(s, known[-s.max_length:]) if known.size else None
 
     def recommend(
         self,
@@ -190,148 +212,208 @@ class Recommender:
         candidates (<= the bundle's K); ``exclude_session_items``: never return items of
         the session; ``exclude``/``allow``: business rules, ids never to return / the only
         ids that may be returned (unknown ids in them are ignored); ``candidates``:
-        "neighbors" (the only policy of format v1 bundles).
+        "neighbors" (the only policy so far).
         """
+        return self.run(self.plan(session, k, category_filter=category_filter,
+                                  neighbors=neighbors,
+                                  exclude_session_items=exclude_session_items,
+                                  exclude=exclude, allow=allow, candidates=candidates))
+
+    # ------------------------------------------------------------------ the stages
+
+    def plan(
+        self,
+        session: Sequence[Any] | np.ndarray,
+        k: int | None = None,
+        *,
+        category_filter: str | None = None,
+        neighbors: int | None = None,
+        exclude_session_items: bool | None = None,
+        exclude: Sequence[Any] | np.ndarray | None = None,
+        allow: Sequence[Any] | np.ndarray | None = None,
+        candidates: str | None = None,
+    ) -> CallPlan:
+        """Stages 1-3 of :meth:`recommend` (same arguments): options checked, ids mapped,
+        the window chosen. Raises what ``recommend`` raises for bad arguments."""
         s = self._served  # read once: a concurrent reload() never mixes two bundles
         if (category_filter is None and neighbors is None and exclude_session_items is None
                 and candidates is None):  # the common call: defaults validated at load
             cat_filter, n_use, exclude_seen = s.default_options
-            k = s.default_options_k if k is None else self._check_k(s, k)
+            k = s.default_options_k if k is None else _check_k(s, k)
         else:
-            k, cat_filter, n_use, exclude_seen = self._options(
+            k, cat_filter, n_use, exclude_seen = _options(
                 s, k, category_filter, neighbors, exclude_session_items, candidates)
-        known, unknown = self._known(s, session)
-        excluded = self._rows(s, exclude, "exclude")
-        allowed = None if allow is None else self._rows(s, allow, "allow")
-        if allowed is not None and allowed.size == 0:  # nothing may be returned: say so
-            return self._empty(unknown, "nothing_allowed")
+        ids = s.bundle.ids
+        known, unknown = ids.known(ids.coerce(session, keep_last=s.limits.session_history))
+        excluded = _rows(s, exclude, "exclude")
+        allowed = None if allow is None else _rows(s, allow, "allow")
+        return CallPlan(k, cat_filter, n_use, exclude_seen, known, unknown,
+                        known[-s.max_length:], excluded, allowed, s)
 
-        if known.size == 0:
-            return self._popular(s, k, excluded, allowed, unknown, "popularity")
-
-        window = known[-s.max_length:]
-        query = self._encode(s, window)
+    def run(self, plan: CallPlan, outputs: EncoderOutputs | None = None) -> Recommendation:
+        """Stages 4-6 of :meth:`recommend` for a plan; ``outputs``: the encoder's outputs
+        for the plan's window if already computed (:meth:`encode`)."""
+        s = plan.served
+        if plan.allowed is not None and plan.allowed.size == 0:  # nothing may be returned
+            return _empty(plan.unknown, "nothing_allowed")
+        if plan.known.size == 0:
+            return _popular(s, plan, "popularity")
+        if outputs is None:
+            outputs = _encode(s, plan.window)
+        query = outputs[s.query_name]
         if not float(query.dot(query)) <= _MAX_QUERY_SQUARED:  # also False for NaN
-            return self._popular(s, k, excluded, allowed, unknown, "nonfinite_query")
+            return _popular(s, plan, "nonfinite_query")
+        top_rows, scores, n_cand = self.score(plan, self.kernel_query(plan, outputs))
+        if not math.isfinite(scores.sum()):  # rows of an unverified, damaged bundle
+            return _popular(s, plan, "nonfinite_scores")
+        if top_rows.size == 0:
+            return _empty(plan.unknown, "no_candidates", n_cand)
+        return Recommendation(s.bundle.ids.external(top_rows), scores, None, plan.unknown,
+                              n_cand)
 
-        if exclude_seen:
-            excluded = np.concatenate([excluded, known]) if excluded.size else known
+    def encode(self, plan: CallPlan) -> EncoderOutputs | None:
+        """Stage 4: the encoder's named outputs for the plan's window (the query vector
+        under the output of kind "query"); None for a session with no known item."""
+        if plan.known.size == 0:
+            return None
+        return _encode(plan.served, plan.window)
+
+    def kernel_query(self, plan: CallPlan, outputs: EncoderOutputs) -> KernelQuery:
+        """Stage 5's input: what the kernel merges, filters and scores for this plan."""
+        s, window = plan.served, plan.window
+        excluded = plan.excluded
+        if plan.exclude_session_items:
+            excluded = np.concatenate([excluded, plan.known]) if excluded.size else plan.known
         allowed_cats = None
-        if cat_filter == "last":
+        if plan.category_filter == "last":
             allowed_cats = s.bundle.item_category[window[-1:]]
-        elif cat_filter == "session":
+        elif plan.category_filter == "session":
             allowed_cats = np.unique(s.bundle.item_category[window])
-        q = KernelQuery(seeds=window, query=query, k=k, n_use=n_use, exclude_seeds=exclude_seen,
-                        excluded=excluded, allowed=allowed, allowed_cats=allowed_cats)
+        return KernelQuery(seeds=window, query=outputs[s.query_name], k=plan.k,
+                           n_use=plan.neighbors, exclude_seeds=plan.exclude_session_items,
+                           excluded=excluded, allowed=plan.allowed, allowed_cats=allowed_cats)
+
+    def score(self, plan: CallPlan, q: KernelQuery) -> tuple[np.ndarray, np.ndarray, int]:
+        """Stage 5: (top rows, their scores, rows scored) from the plan's bundle's kernel."""
+        s = plan.served
         try:
-            top_rows, scores, n_cand = s.kernel.top_k(q, s.scratch())
+            return s.kernel.top_k(q, s.scratch())
         except NeighborRangeError as exc:
             raise CorruptFileError(f"{s.bundle.path / NEIGHBORS}: row {exc.item_row} holds an "
                                    "item id out of range (damaged bundle?)") from None
         except RowRangeError as exc:  # only a damaged id order can produce such a row
             raise CorruptFileError(f"{s.bundle.path / ITEM_IDS_ORDER}: maps an id to row "
                                    f"{exc.row}, outside the catalog (damaged bundle?)") from None
-        if not math.isfinite(scores.sum()):  # rows of an unverified, damaged bundle
-            return self._popular(s, k, excluded, allowed, unknown, "nonfinite_scores")
-        if top_rows.size == 0:
-            return self._empty(unknown, "no_candidates", n_cand)
-        return Recommendation(s.bundle.ids.external(top_rows), scores, None, unknown, n_cand)
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ shortcuts
 
-    @staticmethod
-    def _check_k(s: _Served, k) -> int:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"k must be an int, got {type(k).__name__}")
-        if k <= 0:
-            raise ValueError(f"k must be >= 1, got {k}")
-        return int(min(k, s.n_items))
+    def session_rows(self, session: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """The catalog rows the encoder sees for ``session``: known ids, the last
+        ``max_session_length`` of them, after the model's session filter."""
+        plan = self.plan(session)
+        return _encoder_rows(plan.served, plan.window)
 
-    @classmethod
-    def _options(cls, s: _Served, k, category_filter, neighbors, exclude_session_items,
-                 candidates):
-        d = s.defaults
-        k = cls._check_k(s, d["k"] if k is None else k)
-        cat_filter = d["category_filter"] if category_filter is None else category_filter
-        if cat_filter not in CATEGORY_FILTERS:
-            raise ValueError(f"category_filter must be one of {CATEGORY_FILTERS}, "
-                             f"got {cat_filter!r}")
-        if cat_filter != "none" and s.bundle.item_category is None:
-            raise ValueError(f"category_filter={cat_filter!r} needs item categories, and this "
-                             "bundle has none")
-        n_use = d["neighbors"] if neighbors is None else neighbors
-        if isinstance(n_use, bool) or not isinstance(n_use, (int, np.integer)):
-            raise TypeError(f"neighbors must be an int, got {type(n_use).__name__}")
-        if not 1 <= n_use <= s.width:
-            raise ValueError(f"neighbors must be in [1, {s.width}] for this bundle, got {n_use}")
-        exclude_seen = (d["exclude_session_items"] if exclude_session_items is None
-                        else exclude_session_items)
-        if not isinstance(exclude_seen, (bool, np.bool_)):
-            raise TypeError("exclude_session_items must be True or False")
-        policy = d["candidates"] if candidates is None else candidates
-        if policy not in CANDIDATE_POLICIES:
-            raise ValueError(f"candidates must be one of {CANDIDATE_POLICIES} for this bundle, "
-                             f"got {policy!r}")
-        return k, cat_filter, int(n_use), bool(exclude_seen)
+    def query(self, session: Sequence[Any] | np.ndarray) -> np.ndarray | None:
+        """The session vector the candidates are scored against (None: no known item)."""
+        plan = self.plan(session)
+        outputs = self.encode(plan)
+        return None if outputs is None else outputs[plan.served.query_name]
 
-    @staticmethod
-    def _known(s: _Served, session) -> tuple[np.ndarray, int]:
-        """(rows of the session's known items, oldest first; count of unknown ids), over
-        the last ``Limits.session_history`` ids."""
-        ids = s.bundle.ids
-        return ids.known(ids.coerce(session, keep_last=s.limits.session_history))
 
-    @staticmethod
-    def _encoder_rows(s: _Served, window: np.ndarray) -> np.ndarray:
-        if s.session_filter == "last_category":
-            cats = s.bundle.item_category[window]
-            return window[cats == cats[-1]]
-        return window
+# ---------------------------------------------------------------------- helpers
 
-    @classmethod
-    def _encode(cls, s: _Served, window: np.ndarray) -> np.ndarray:
-        rows = cls._encoder_rows(s, window)
-        item_emb = s.bundle.input_embedding.take(rows, axis=0)
-        return s.encoder(rows.astype(np.int64), item_emb.astype(np.float32, copy=False))
 
-    @staticmethod
-    def _rows(s: _Served, ids, what: str) -> np.ndarray:
-        if ids is None:
-            return _NO_ROWS
-        ids_map = s.bundle.ids
-        return ids_map.known(ids_map.coerce(ids, what, max_len=s.limits.rule_ids))[0]
+def _read(path: str | os.PathLike, verify: bool | None, prefault: bool) -> Bundle:
+    bundle = read_bundle(path, verify=verify)
+    if prefault:
+        pages.prefault(bundle.arrays())
+    return bundle
 
-    @staticmethod
-    def _empty(unknown: int, reason: str, n_candidates: int = 0) -> Recommendation:
-        return Recommendation(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32),
-                              reason, unknown, n_candidates)
 
-    @classmethod
-    def _popular(cls, s: _Served, k: int, excluded: np.ndarray, allowed: np.ndarray | None,
-                 unknown: int, reason: str) -> Recommendation:
-        """The most popular items, after the caller's exclude/allow rules. The work is
-        bounded by the rules' sizes, not by the catalog's."""
-        pop, pop_scores = s.bundle.popularity, s.bundle.popularity_scores
-        if allowed is not None:  # rank the allowed rows directly
-            cand = np.unique(allowed)
-            cand = cand[~np.isin(cand, excluded)]
-            rank = s.popularity_rank()[cand]
-            cand, rank = cand[rank < len(pop)], rank[rank < len(pop)]
-            if cand.size == 0:
-                return cls._empty(unknown, "nothing_allowed")
-            top = np.sort(rank)[:k]
-            return Recommendation(s.bundle.ids.external(pop[top]),
-                                  np.asarray(pop_scores[top], dtype=np.float32), reason, unknown)
-        rows, scores = [], []
-        found, chunk = 0, max(4 * k + len(excluded), 1024)
-        for start in range(0, len(pop), chunk):  # ends after len(excluded) + k listed rows
-            block = np.asarray(pop[start:start + chunk])
-            keep = ~np.isin(block, excluded)
-            rows.append(block[keep][:k - found])
-            scores.append(np.asarray(pop_scores[start:start + chunk])[keep][:k - found])
-            found += len(rows[-1])
-            if found >= k:
-                break
-        top = np.concatenate(rows) if rows else _NO_ROWS
-        top_scores = np.concatenate(scores) if scores else np.empty(0, np.float32)
-        return Recommendation(s.bundle.ids.external(top), top_scores, reason, unknown, 0)
+def _check_k(s: _Served, k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k <= 0:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return int(min(k, s.n_items))
+
+
+def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, candidates):
+    d = s.defaults
+    k = _check_k(s, d["k"] if k is None else k)
+    cat_filter = d["category_filter"] if category_filter is None else category_filter
+    if cat_filter not in CATEGORY_FILTERS:
+        raise ValueError(f"category_filter must be one of {CATEGORY_FILTERS}, "
+                         f"got {cat_filter!r}")
+    if cat_filter != "none" and s.bundle.item_category is None:
+        raise ValueError(f"category_filter={cat_filter!r} needs item categories, and this "
+                         "bundle has none")
+    n_use = d["neighbors"] if neighbors is None else neighbors
+    if isinstance(n_use, bool) or not isinstance(n_use, (int, np.integer)):
+        raise TypeError(f"neighbors must be an int, got {type(n_use).__name__}")
+    if not 1 <= n_use <= s.width:
+        raise ValueError(f"neighbors must be in [1, {s.width}] for this bundle, got {n_use}")
+    exclude_seen = (d["exclude_session_items"] if exclude_session_items is None
+                    else exclude_session_items)
+    if not isinstance(exclude_seen, (bool, np.bool_)):
+        raise TypeError("exclude_session_items must be True or False")
+    policy = d["candidates"] if candidates is None else candidates
+    if policy not in CANDIDATE_POLICIES:
+        raise ValueError(f"candidates must be one of {CANDIDATE_POLICIES} for this bundle, "
+                         f"got {policy!r}")
+    return k, cat_filter, int(n_use), bool(exclude_seen)
+
+
+def _encoder_rows(s: _Served, window: np.ndarray) -> np.ndarray:
+    if s.session_filter == "last_category":
+        cats = s.bundle.item_category[window]
+        return window[cats == cats[-1]]
+    return window
+
+
+def _encode(s: _Served, window: np.ndarray) -> EncoderOutputs:
+    rows = _encoder_rows(s, window)
+    item_emb = s.bundle.input_embedding.take(rows, axis=0)
+    return s.encoder(rows.astype(np.int64), item_emb.astype(np.float32, copy=False))
+
+
+def _rows(s: _Served, ids, what: str) -> np.ndarray:
+    if ids is None:
+        return _NO_ROWS
+    ids_map = s.bundle.ids
+    return ids_map.known(ids_map.coerce(ids, what, max_len=s.limits.rule_ids))[0]
+
+
+def _empty(unknown: int, reason: str, n_candidates: int = 0) -> Recommendation:
+    return Recommendation(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32),
+                          reason, unknown, n_candidates)
+
+
+def _popular(s: _Served, plan: CallPlan, reason: str) -> Recommendation:
+    """The most popular items, after the caller's exclude/allow rules. The work is bounded
+    by the rules' sizes, not by the catalog's."""
+    k, excluded, allowed, unknown = plan.k, plan.excluded, plan.allowed, plan.unknown
+    pop, pop_scores = s.bundle.popularity, s.bundle.popularity_scores
+    if allowed is not None:  # rank the allowed rows directly
+        cand = np.unique(allowed)
+        cand = cand[~np.isin(cand, excluded)]
+        rank = s.popularity_rank()[cand]
+        rank = rank[rank < len(pop)]
+        if rank.size == 0:
+            return _empty(unknown, "nothing_allowed")
+        top = np.sort(rank)[:k]
+        return Recommendation(s.bundle.ids.external(pop[top]),
+                              np.asarray(pop_scores[top], dtype=np.float32), reason, unknown)
+    rows, scores = [], []
+    found, chunk = 0, max(4 * k + len(excluded), 1024)
+    for start in range(0, len(pop), chunk):  # ends after len(excluded) + k listed rows
+        block = np.asarray(pop[start:start + chunk])
+        keep = ~np.isin(block, excluded)
+        rows.append(block[keep][:k - found])
+        scores.append(np.asarray(pop_scores[start:start + chunk])[keep][:k - found])
+        found += len(rows[-1])
+        if found >= k:
+            break
+    top = np.concatenate(rows) if rows else _NO_ROWS
+    top_scores = np.concatenate(scores) if scores else np.empty(0, np.float32)
+    return Recommendation(s.bundle.ids.external(top), top_scores, reason, unknown, 0)
