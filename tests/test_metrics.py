@@ -94,8 +94,11 @@ def test_nan_and_negative_ranks():
     # a NaN rank (no rank could be computed) is a miss
     m = ranking_metrics([np.nan, 0.0])
     assert m["HR@10"] == 0.5 and m["MRR@10"] == 0.5
-    with pytest.raises(ValueError, match="negative"):
-        ranking_metrics([0, -1])
+    with pytest.raises(ValueError, match=r"negative ranks \[-1\. -3\.\]"):
+        ranking_metrics([0, -1, 5, -3])
+    with pytest.raises(ValueError) as info:  # the first five are quoted
+        ranking_metrics([-1, -2, -3, -4, -5, -6, -7])
+    assert "-5." in str(info.value) and "-6." not in str(info.value)
 
 
 def test_list_rank_positions():
@@ -128,6 +131,15 @@ def test_rank_in_scores_counts_strictly_higher(as_torch):
     assert np.asarray(r).tolist() == [2, 0, 3]
 
 
+def test_rank_in_scores_compares_in_the_scores_precision():
+    # the target score is taken at the scores' precision: a float64 0.1 given for a
+    # float32 catalog is the float32 0.1 the target itself scored, not above or below it
+    scores = np.array([[np.float32(0.1), np.float32(0.05)]], dtype=np.float32)
+    assert rank_in_scores(scores, np.array([0.1])).tolist() == [0]
+    assert rank_in_scores(torch.as_tensor(scores), torch.tensor([0.1], dtype=torch.float64)
+                          ).tolist() == [0]
+
+
 def test_rank_in_scores_non_finite():
     scores = np.array([
         [0.5, NAN, 0.1, 0.2],    # target 0.5 (item 0), another item NaN: rank 0, not pushed
@@ -139,6 +151,7 @@ def test_rank_in_scores_non_finite():
     ])
     r = rank_in_scores(scores, scores[:, 0])
     assert r.tolist() == [0, 1, MISS, MISS, MISS, 3]
+    assert r.dtype == np.int64
     m = ranking_metrics(r)
     assert m["HR@10"] == pytest.approx(3 / 6)
 
@@ -165,7 +178,9 @@ def test_rank_targets_with_a_fixed_model():
     model = _FixedModel(table)
     inputs = [np.array([0]), np.array([0, 1]), np.array([1]), np.array([1]),
               np.array([2]), np.array([2]), np.array([], dtype=np.int64), np.array([0])]
-    targets = [3, 0, 3, 2, 4, 0, 1, -1]
+    # (the empty session's target 2 would rank first after any padding row: 0.5 in row 2
+    # is the best finite score there)
+    targets = [3, 0, 3, 2, 4, 0, 2, -1]
     ranks = rank_targets(model, inputs, targets, batch_size=3)
     n = 5  # the default miss rank: n_items
     assert ranks.tolist() == [
@@ -180,3 +195,18 @@ def test_rank_targets_with_a_fixed_model():
     ]
     assert rank_targets(model, inputs[:1], targets[:1], n_miss=MISS).tolist() == [3]
     assert rank_targets(model, inputs[3:4], targets[3:4], n_miss=MISS).tolist() == [MISS]
+
+
+def test_rank_targets_progress_bar_changes_nothing():
+    pytest.importorskip("tqdm")
+    rng = np.random.default_rng(1)
+    model = _FixedModel(rng.standard_normal((6, 30)))
+    inputs = [rng.integers(0, 6, size=rng.integers(1, 4)) for _ in range(50)]
+    targets = rng.integers(0, 30, size=50)
+    plain = rank_targets(model, inputs, targets, batch_size=7)
+    assert rank_targets(model, inputs, targets, batch_size=7, progress=True).tolist() == \
+        plain.tolist()
+    # and against a direct count: items scored strictly above the target
+    table = model.table.numpy()
+    expected = [int((table[x[0]] > table[x[0], t]).sum()) for x, t in zip(inputs, targets)]
+    assert plain.tolist() == expected

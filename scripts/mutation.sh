@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Mutation testing of the Python side with mutmut (pip install mutmut; in the dev extra),
+# in a temporary copy of the tree: the repository's files are never touched.
+#
+#   bash scripts/mutation.sh                       # the default modules below, ~15-25 min
+#   MUTATE="export_tools/metrics.py" bash scripts/mutation.sh      # one module, ~1 min
+#   MUTATE="sessrec_sdk/" CHILDREN=2 KEEP=1 bash scripts/mutation.sh
+#
+# What is mutated (MUTATE, space-separated paths): by default the runtime's request path
+# and its helpers (sessrec_sdk/ minus the Numba kernel, whose @njit functions mutmut's
+# trampolines cannot wrap, and minus the CLI, bundle writer/verifier and page-cache code,
+# which have their own slower suites), the one metrics implementation and the export
+# defaults. Each mutant runs only the tests that reach the mutated function (mutmut's
+# coverage stats) out of a fast subset (TESTS). Prints mutmut's per-mutant results and
+# the totals; KEEP=1 keeps the copy (cd there and run `.venv/bin/mutmut show NAME`).
+# For the C kernels see scripts/c_mutants.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+MUTMUT=${MUTMUT:-$(dirname "$PY")/mutmut}
+CHILDREN=${CHILDREN:-2}
+MUTATE=${MUTATE:-"sessrec_sdk/ids.py sessrec_sdk/recommender.py sessrec_sdk/result.py \
+sessrec_sdk/kernels/__init__.py sessrec_sdk/kernels/common.py sessrec_sdk/kernels/reference.py \
+sessrec_sdk/kernels/c_backend.py export_tools/metrics.py export_tools/defaults.py"}
+TESTS=${TESTS:-"tests/test_kernels.py tests/test_recommender.py tests/test_bad_input.py \
+tests/test_metrics.py tests/test_export_evaluate.py::test_popularity_order_and_ties_hand_counted \
+tests/test_export_evaluate.py::test_choose_defaults_follow_the_data \
+tests/test_export_evaluate.py::test_string_ids_each_result_is_the_reference_kernels \
+tests/test_export_evaluate.py::test_string_ids_unknown_are_counted_never_mapped"}
+"$PY" -c "import mutmut" 2> /dev/null || { echo "mutmut is not installed: $PY -m pip install mutmut"; exit 2; }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sessrec-mutation.XXXXXX")
+if [[ "${KEEP:-0}" != 1 ]]; then trap 'rm -rf "$WORK"' EXIT; fi
+echo "== copy of the tree in $WORK"
+tar -C "$ROOT" --exclude='__pycache__' --exclude='*.egg-info' --exclude='.hypothesis' \
+    -cf - sessrec_sdk csrc tests export_tools setup.py pyproject.toml README.md \
+    | tar -C "$WORK" -xf -
+ln -s "$ROOT/data" "$WORK/data"
+ln -s "$ROOT/.venv" "$WORK/.venv"
+
+toml_list() { local out="" x; for x in $1; do out+="\"$x\", "; done; echo "[${out%, }]"; }
+only=""  # a directory in MUTATE stands for every file under it
+for f in $MUTATE; do if [[ "$f" == */ ]]; then only+="${f}* "; else only+="$f "; fi; done
+cat >> "$WORK/pyproject.toml" <<EOF
+
+[tool.mutmut]
+source_paths = ["sessrec_sdk", "export_tools"]
+only_mutate = $(toml_list "$only")
+do_not_mutate = ["sessrec_sdk/kernels/numba_backend.py"]
+also_copy = ["csrc"]
+pytest_add_cli_args_test_selection = $(toml_list "$TESTS")
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]
+process_isolation = "forkserver"
+EOF
+cd "$WORK"
+echo "== mutating: $MUTATE"
+echo "== tests: $TESTS"
+start=$(date +%s)
+"$MUTMUT" run --max-children "$CHILDREN" > "$WORK/run.log" 2>&1 || true
+tail -n 5 "$WORK/run.log" | tr '\r' '\n' | tail -n 3
+"$MUTMUT" results --all true > "$WORK/results.txt" 2>&1 || "$MUTMUT" results > "$WORK/results.txt" 2>&1 || true
+echo "== survivors (mutmut show NAME in $WORK for the diff):"
+grep -E ": (survived|no tests|timeout|suspicious)" "$WORK/results.txt" || echo "   none"
+killed=$(grep -c ": killed" "$WORK/results.txt" || true)
+total=$(grep -cE ": [a-z ]+$" "$WORK/results.txt" || true)
+survived=$(grep -c ": survived" "$WORK/results.txt" || true)
+notests=$(grep -c ": no tests" "$WORK/results.txt" || true)
+echo "== Python mutants: $total, killed $killed, survived $survived, no tests $notests;" \
+     "$(( $(date +%s) - start )) s"
