@@ -30,7 +30,7 @@ class OptionalBuildExt(build_ext):
 EXPORT = ["torch==2.13.0", "onnx>=1.16", "onnxscript>=0.2", "tqdm>=4.60", "pandas>=2.0",
           "pyarrow>=14", "matplotlib>=3.7", "scipy>=1.11"]
 DEV = ["pytest>=8", "hypothesis>=6.100", "pytest-benchmark>=4", "psutil>=5.9", "ruff",
-       "mutmut>=3.3"]  # mutmut: scripts/mutation.sh (docs/testing.md)
+       "mutmut>=3.8"]  # mutmut: scripts/mutation.sh (docs/testing.md)
 
 setup(
     name="sessrec",
