@@ -11,7 +11,8 @@
  * element i going to lane i % SR_LANES, lanes folded pairwise (lane j + lane j+half), then
  * the bias is added. Ranking: higher score first, ties broken by the smaller row.
  *
- * Arguments:
+ * The entry point sr_top_k takes the catalog, the query and the scratch as structs
+ * (sessrec_kernels.h); inside, the fields are passed on as these arguments:
  *   matrix, is_half, n_items, dim  item matrix, row-major, float32 or IEEE half (uint16)
  *   bias                           [n_items] float32 or NULL
  *   neighbors, row_width, n_use    [n_items, row_width] int32, -1 = no neighbor; the first
@@ -351,12 +352,23 @@ int32_t sr_kernel_isa(int32_t request) {
     return sr_isa;
 }
 
-int32_t sr_top_k(SR_TOP_K_PARAMS) {
+int32_t sr_top_k(const sr_catalog *catalog, const sr_query *query, const sr_scratch *scratch,
+                 int32_t *out_rows, float *out_scores, int32_t *out_n_candidates) {
+    const sr_catalog *c = catalog;
+    const sr_query *q = query;
+    if (c->categories == NULL && q->n_allowed_cats >= 0) return SR_ERR_ARGUMENT;
     if (sr_isa < 0) sr_kernel_isa(-1);
+#define SR_STRUCT_ARGS \
+    c->matrix, c->is_half, c->n_items, c->dim, c->bias, c->neighbors, c->row_width, \
+    q->n_use, q->seeds, q->n_seeds, q->exclude_seeds, c->categories, q->allowed_cats, \
+    q->n_allowed_cats, q->excluded, q->n_excluded, q->allowed, q->n_allowed, q->query, \
+    scratch->seen, scratch->allow_mark, scratch->epoch, q->k, out_rows, out_scores, \
+    out_n_candidates
 #if SR_X86_DISPATCH
-    if (sr_isa == 1) return top_k_avx2(SR_TOP_K_ARGS);
+    if (sr_isa == 1) return top_k_avx2(SR_STRUCT_ARGS);
 #endif
-    return top_k_base(SR_TOP_K_ARGS);
+    return top_k_base(SR_STRUCT_ARGS);
+#undef SR_STRUCT_ARGS
 }
 
 /* Rows of a session's integer ids: one lower-bound binary search per id in sorted_ids

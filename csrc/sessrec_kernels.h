@@ -13,17 +13,43 @@
 #define SR_ERR_ROW_RANGE -2
 #define SR_ERR_ARGUMENT -3
 
-int32_t sr_top_k(
-    const void *matrix, int32_t is_half, int64_t n_items, int32_t dim,
-    const float *bias,
-    const int32_t *neighbors, int32_t row_width, int32_t n_use,
-    const int32_t *seeds, int32_t n_seeds, int32_t exclude_seeds,
-    const int32_t *categories, const int32_t *allowed_cats, int32_t n_allowed_cats,
-    const int32_t *excluded, int32_t n_excluded,
-    const int32_t *allowed, int32_t n_allowed,
-    const float *query,
-    uint32_t *seen, uint32_t *allow_mark, uint32_t epoch,
-    int32_t k, int32_t *out_rows, float *out_scores, int32_t *out_n_candidates);
+/* The catalog a kernel scores against: fixed for a loaded bundle. */
+typedef struct {
+    const void *matrix;          /* [n_items, dim] float32, or IEEE half if is_half */
+    int32_t is_half;
+    int64_t n_items;
+    int32_t dim;
+    const float *bias;           /* [n_items] or NULL */
+    const int32_t *neighbors;    /* [n_items, row_width], -1 = no neighbor */
+    int32_t row_width;
+    const int32_t *categories;   /* [n_items] or NULL (then no category filter) */
+} sr_catalog;
+
+/* One call's inputs (see sessrec_kernels.c for each field's meaning). */
+typedef struct {
+    const int32_t *seeds;
+    int32_t n_seeds;
+    int32_t exclude_seeds;
+    int32_t n_use;
+    const int32_t *allowed_cats;
+    int32_t n_allowed_cats;      /* < 0: no category filter */
+    const int32_t *excluded;
+    int32_t n_excluded;
+    const int32_t *allowed;
+    int32_t n_allowed;           /* < 0: no allow-list */
+    const float *query;          /* [dim] */
+    int32_t k;
+} sr_query;
+
+/* A thread's visited stamps ([n_items] each) and a stamp never used before with them. */
+typedef struct {
+    uint32_t *seen;
+    uint32_t *allow_mark;
+    uint32_t epoch;
+} sr_scratch;
+
+int32_t sr_top_k(const sr_catalog *catalog, const sr_query *query, const sr_scratch *scratch,
+                 int32_t *out_rows, float *out_scores, int32_t *out_n_candidates);
 
 /* The instruction set sr_top_k uses: request -1 = keep (the best this CPU has, chosen on
  * first use), 0 = the portable instance, 1 = the best again. Returns 0 (portable) or 1

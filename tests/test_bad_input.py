@@ -534,3 +534,26 @@ def test_encoder_output_of_another_shape_is_refused(bundle_copy):
         with pytest.raises(CorruptFileError, match=rf"encoder.onnx: the encoder returned "
                                                    rf"float32 \(1, {d - 1}\) for 'query'"):
             backend_rec.recommend(ids[:3].tolist())
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_kernels_refuse_a_query_that_does_not_fit_the_catalog(small_bundle, backend):
+    from sessrec_sdk.kernels import CatalogArrays, KernelQuery, Scratch, make_kernel
+
+    b = Recommender.load(small_bundle).bundle
+    n, d = b.item_matrix.shape
+    q = KernelQuery(seeds=np.array([1, 2], np.int32), query=np.ones(d, np.float32), k=5,
+                    n_use=4, exclude_seeds=True, excluded=np.empty(0, np.int32), allowed=None,
+                    allowed_cats=None)
+    with_cats = make_kernel(CatalogArrays(b.item_matrix, b.neighbors, b.item_category, None),
+                            backend)
+    no_cats = make_kernel(CatalogArrays(b.item_matrix, b.neighbors, None, None), backend)
+    bad = [(with_cats, {"query": np.ones(d + 1, np.float32)}, "query must be float32"),
+           (with_cats, {"query": np.ones(d - 1, np.float32)}, "query must be float32"),
+           (with_cats, {"query": np.ones(d, np.float64)}, "query must be float32"),
+           (with_cats, {"n_use": b.neighbors.shape[1] + 1}, "n_use|out of range"),
+           (no_cats, {"allowed_cats": np.array([0], np.int32)}, "categor")]
+    for kernel, change, match in bad:
+        with pytest.raises(ValueError, match=match):
+            kernel.top_k(q._replace(**change), Scratch(n))
+    assert len(with_cats.top_k(q, Scratch(n))[0]) == 5

@@ -33,7 +33,8 @@ def _ptr(ctype: str, arr: np.ndarray | None):
 
 
 class CKernel:
-    """Holds cffi pointers to the catalog arrays so a call converts only per-call arrays."""
+    """Holds the catalog struct (cffi pointers to the catalog arrays) so a call converts
+    only per-call arrays."""
 
     name = "c"
 
@@ -42,43 +43,53 @@ class CKernel:
             if arr is not None and not arr.flags.c_contiguous:
                 raise ValueError("kernel arrays must be C-contiguous")
         self._cat = cat  # keeps the buffers alive
-        self._matrix = ffi.cast("void *", ffi.from_buffer(cat.matrix))
-        self._is_half = int(cat.matrix.dtype == np.float16)
-        self._n_items, self._dim = cat.matrix.shape
-        self._bias = _ptr("float *", cat.bias)
-        self._neighbors = _ptr("int32_t *", cat.neighbors)
+        self._dim = cat.matrix.shape[1]
         self._width = cat.neighbors.shape[1]
-        self._categories = _ptr("int32_t *", cat.categories)
+        c = self._catalog = ffi.new("sr_catalog *")
+        c.matrix = ffi.cast("void *", ffi.from_buffer(cat.matrix))
+        c.is_half = int(cat.matrix.dtype == np.float16)
+        c.n_items, c.dim = cat.matrix.shape
+        c.bias = _ptr("float *", cat.bias)
+        c.neighbors = _ptr("int32_t *", cat.neighbors)
+        c.row_width = self._width
+        c.categories = _ptr("int32_t *", cat.categories)
 
     def top_k(self, q: KernelQuery, scratch: Scratch) -> tuple[np.ndarray, np.ndarray, int]:
         ptrs = scratch.c_pointers
         if ptrs is None:  # first call on this thread: pin the scratch buffers once
-            ptrs = scratch.c_pointers = (
-                _buf(_U32, scratch.seen, require_writable=True),
-                _buf(_U32, scratch.allow_mark, require_writable=True),
-                ffi.new("int32_t *"))
-        seen, allow_mark, n_cand = ptrs
+            seen = _buf(_U32, scratch.seen, require_writable=True)
+            allow_mark = _buf(_U32, scratch.allow_mark, require_writable=True)
+            sc = ffi.new("sr_scratch *")
+            sc.seen, sc.allow_mark = seen, allow_mark
+            ptrs = scratch.c_pointers = (sc, ffi.new("sr_query *"), ffi.new("int32_t *"),
+                                         seen, allow_mark)  # the buffers stay referenced
+        if q.query.shape != (self._dim,) or q.query.dtype != np.float32:
+            raise ValueError(f"query must be float32 [{self._dim}], got {q.query.dtype} "
+                             f"{list(q.query.shape)}")
+        sc, cq, n_cand = ptrs[0], ptrs[1], ptrs[2]
+        sc.epoch = scratch.next_epoch()
         k = q.k
         out_rows = np.empty(k, dtype=np.int32)
         out_scores = np.empty(k, dtype=np.float32)
         cats, allowed = q.allowed_cats, q.allowed
-        n = _top_k(
-            self._matrix, self._is_half, self._n_items, self._dim, self._bias,
-            self._neighbors, self._width, q.n_use,
-            _buf(_I32, q.seeds), len(q.seeds), q.exclude_seeds,
-            self._categories, ffi.NULL if cats is None else _buf(_I32, cats),
-            -1 if cats is None else len(cats),
-            _buf(_I32, q.excluded), len(q.excluded),
-            ffi.NULL if allowed is None else _buf(_I32, allowed),
-            -1 if allowed is None else len(allowed),
-            _buf(_F32, q.query), seen, allow_mark, scratch.next_epoch(),
-            k, _buf(_I32, out_rows, require_writable=True),
-            _buf(_F32, out_scores, require_writable=True), n_cand)
+        # locals keep each buffer alive while the struct points into it
+        seeds, excluded, query = _buf(_I32, q.seeds), _buf(_I32, q.excluded), _buf(_F32, q.query)
+        cats_buf = ffi.NULL if cats is None else _buf(_I32, cats)
+        allowed_buf = ffi.NULL if allowed is None else _buf(_I32, allowed)
+        cq.seeds, cq.n_seeds, cq.exclude_seeds, cq.n_use = (seeds, len(q.seeds),
+                                                            q.exclude_seeds, q.n_use)
+        cq.allowed_cats, cq.n_allowed_cats = cats_buf, -1 if cats is None else len(cats)
+        cq.excluded, cq.n_excluded = excluded, len(q.excluded)
+        cq.allowed, cq.n_allowed = allowed_buf, -1 if allowed is None else len(allowed)
+        cq.query, cq.k = query, k
+        n = _top_k(self._catalog, cq, sc, _buf(_I32, out_rows, require_writable=True),
+                   _buf(_F32, out_scores, require_writable=True), n_cand)
         if n == ERR_NEIGHBOR_RANGE:
             raise NeighborRangeError(int(out_rows[0]))
         if n == ERR_ROW_RANGE:
             raise RowRangeError(int(out_rows[0]))
         if n == ERR_ARGUMENT:
             raise ValueError(f"kernel arguments out of range (dim={self._dim}, "
-                             f"n_use={q.n_use}, neighbors per item={self._width})")
+                             f"n_use={q.n_use}, neighbors per item={self._width}, "
+                             f"categories={'yes' if self._cat.categories is not None else 'no'})")
         return out_rows[:n], out_scores[:n], n_cand[0]

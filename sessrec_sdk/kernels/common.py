@@ -26,6 +26,20 @@ class RowRangeError(Exception):
         self.row = row
 
 
+def check_query(cat: CatalogArrays, q: KernelQuery) -> None:
+    """ValueError unless ``q`` fits ``cat``: a query of the catalog's dim, n_use within the
+    neighbor rows, a category filter only on a catalog with categories (the C kernel
+    checks the last two itself; the Numba kernel, compiled without bounds checks, relies
+    on this)."""
+    if q.query.shape != (cat.matrix.shape[1],) or q.query.dtype != np.float32:
+        raise ValueError(f"query must be float32 [{cat.matrix.shape[1]}], got "
+                         f"{q.query.dtype} {list(q.query.shape)}")
+    if not 0 <= q.n_use <= cat.neighbors.shape[1]:
+        raise ValueError(f"n_use must be in [0, {cat.neighbors.shape[1]}], got {q.n_use}")
+    if q.allowed_cats is not None and cat.categories is None:
+        raise ValueError("a category filter needs a catalog with categories")
+
+
 def check_rows(q: KernelQuery, n_items: int) -> None:
     """Raise RowRangeError unless every row of ``q`` is in [0, n_items) (the numpy twin of
     the C kernel's own check)."""

@@ -10,7 +10,15 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from .common import LANES, CatalogArrays, KernelQuery, NeighborRangeError, RowRangeError, Scratch
+from .common import (
+    LANES,
+    CatalogArrays,
+    KernelQuery,
+    NeighborRangeError,
+    RowRangeError,
+    Scratch,
+    check_query,
+)
 
 _ZERO = np.float32(0.0)
 # float16 -> float32 is exact, so a lookup table widens half rows exactly as the C code does
@@ -186,6 +194,7 @@ class NumbaKernel:
         self.top_k(q, scratch)
 
     def top_k(self, q: KernelQuery, scratch: Scratch) -> tuple[np.ndarray, np.ndarray, int]:
+        check_query(self._cat, q)
         k = q.k
         out_rows = np.empty(max(k, 1), dtype=np.int32)
         out_scores = np.empty(max(k, 1), dtype=np.float32)

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import LANES, CatalogArrays, KernelQuery, NeighborRangeError, check_rows
+from .common import (
+    LANES,
+    CatalogArrays,
+    KernelQuery,
+    NeighborRangeError,
+    check_query,
+    check_rows,
+)
 
 
 def lane_dot(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -30,6 +37,7 @@ def lane_dot(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 def candidate_rows(cat: CatalogArrays, q: KernelQuery) -> np.ndarray:
     """Rows that survive merge + dedupe + exclusions + allow-list + category filter."""
+    check_query(cat, q)
     check_rows(q, cat.n_items)
     block = cat.neighbors[q.seeds, :q.n_use]
     bad = (block < -1) | (block >= cat.n_items)
