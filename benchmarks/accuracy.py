@@ -1,7 +1,7 @@
 """HR@20 (and MRR@20) on the Diginetica test sessions for sessrec and the alternatives, so
 that report.py can put accuracy next to latency in one table.
 
-Protocol (DESIGN.md, export_tools.evaluate): for every test session the last event is the
+Protocol (docs/architecture.md, export_tools.evaluate): for every test session the last event is the
 target and the events before it are the input; targets unknown to the bundle stay in the
 denominator as misses. Every method uses the same session vector (the bundle's encoder on
 the bundle's session handling: last ``max_session_length`` items, session filter):

@@ -1,4 +1,4 @@
-"""The recommend() contract of DESIGN.md on synthetic bundles."""
+"""The recommend() contract of docs/architecture.md on synthetic bundles."""
 from __future__ import annotations
 
 import json
