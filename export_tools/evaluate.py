@@ -88,13 +88,27 @@ class TransitionBaseline:
 PROTOCOLS = ("last", "prefixes")
 
 
-def load_test_examples(test_csv: str | Path, protocol: str = "last"
-                       ) -> tuple[list[np.ndarray], np.ndarray]:
+def sample_sessions(n: int, n_sample: int | None) -> np.ndarray:
+    """Indices of a deterministic, evenly spread subsample of ``n_sample`` of ``n`` test
+    sessions (file order): every ``n / n_sample``-th session, the first one included.
+    ``None`` or ``n_sample >= n``: all of them."""
+    if n_sample is None or n_sample >= n:
+        return np.arange(n)
+    if n_sample < 1:
+        raise ValueError(f"n_sample must be >= 1, got {n_sample}")
+    return np.floor(np.arange(n_sample) * (n / n_sample)).astype(np.int64)
+
+
+def load_test_examples(test_csv: str | Path, protocol: str = "last",
+                       sample: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """(inputs as external ids, targets) of every test session with >= 2 events: its last
-    event (``protocol="last"``) or every prefix's next event (``"prefixes"``)."""
+    event (``protocol="last"``) or every prefix's next event (``"prefixes"``).
+    ``sample``: only the sessions of :func:`sample_sessions` (all their prefixes)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     sessions = [s for s in D.sessionize(D.read_events(test_csv)) if len(s) >= 2]
+    if sample is not None:
+        sessions = [sessions[i] for i in sample_sessions(len(sessions), sample)]
     if protocol == "last":
         return [s[:-1] for s in sessions], np.array([s[-1] for s in sessions], dtype=np.int64)
     inputs = [s[:i] for s in sessions for i in range(1, len(s))]
@@ -230,11 +244,13 @@ def full_catalog_ranks_torch(checkpoint: str | Path, inputs, targets, progress: 
 def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path | None = None,
              checkpoint: str | Path | None = None, limit: int | None = None,
              sweep: Sequence[int] = SWEEP, latency_sessions: int = LATENCY_SESSIONS,
-             protocols: Sequence[str] = PROTOCOLS, progress: bool = True,
-             log: Callable[[str], None] = print) -> dict:
+             protocols: Sequence[str] = PROTOCOLS, prefixes_sample: int | None = None,
+             progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """All rows of the evaluation table for each protocol, as {"rows": [...], "info": {...}};
     every row carries its ``protocol``. ``limit``: the first N test sessions (all their
-    prefixes in the "prefixes" protocol)."""
+    prefixes in the "prefixes" protocol). ``prefixes_sample``: the "prefixes" protocol on
+    an evenly spread subsample of that many test sessions (:func:`sample_sessions`; every
+    prefix of each), recorded in ``info["prefixes_sample"]``."""
     from sessrec_sdk import Recommender
 
     for protocol in protocols:
@@ -255,11 +271,17 @@ def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path 
     k = max(KS)
 
     for protocol in protocols:
-        inputs, targets = load_test_examples(test_csv, protocol)
+        sample = prefixes_sample if protocol == "prefixes" else None
+        inputs, targets = load_test_examples(test_csv, protocol, sample)
+        if sample is not None:
+            n_all = len(load_test_examples(test_csv, "last")[1])
+            info["prefixes_sample"] = {
+                "sessions": min(sample, n_all), "of_sessions": n_all,
+                "rule": "every (n/sample)-th test session in file order, all its prefixes"}
         if limit:
             n_sessions = limit
             if protocol == "prefixes":  # every prefix of the first `limit` sessions
-                lengths = [len(s) for s in load_test_examples(test_csv, "last")[0]]
+                lengths = [len(s) for s in load_test_examples(test_csv, "last", sample)[0]]
                 n_sessions = sum(lengths[:limit])
             inputs, targets = inputs[:n_sessions], targets[:n_sessions]
         n = len(targets)
@@ -389,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="last: the last event of each test session; prefixes: every prefix "
                    "predicts its next event; both (default)")
     p.add_argument("--limit", type=int, help="evaluate only the first N test sessions")
+    p.add_argument("--prefixes-sample", type=int, metavar="N",
+                   help="prefixes protocol on an evenly spread subsample of N test sessions "
+                   "(every n/N-th session in file order, all its prefixes); default: all")
     p.add_argument("--latency-sessions", type=lambda v: max(1, int(v)), default=LATENCY_SESSIONS,
                    help=f"timed recommend() calls per SDK row (default {LATENCY_SESSIONS})")
     p.add_argument("--no-progress", action="store_true")
@@ -405,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate(args.bundle, args.test, train_csv=train_csv, checkpoint=args.checkpoint,
                       limit=args.limit, latency_sessions=args.latency_sessions,
                       protocols=PROTOCOLS if args.protocol == "both" else (args.protocol,),
+                      prefixes_sample=args.prefixes_sample,
                       progress=not args.no_progress and sys.stderr.isatty())
     result["info"]["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:

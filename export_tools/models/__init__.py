@@ -3,7 +3,8 @@ training presets of each model.
 
 Adding a model = one module with a ``SessionModel`` subclass and its ``PRESETS`` (every
 model has ``fast`` and ``paper``), plus one :func:`register` line below. The trainer, the
-export, the evaluation and the shared contract tests (tests/test_models.py) then cover it.
+export, the evaluation and the shared contract tests (tests/test_model_contract.py) then
+cover it; docs/models.md documents the contract.
 
 A preset mixes model hyper-parameters (the keyword arguments of the model class) and
 training settings (the keys of :data:`TRAIN_DEFAULTS`); :func:`split_config` separates them.
