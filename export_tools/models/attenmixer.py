@@ -15,6 +15,12 @@ No GNN propagation: the readout does the reasoning.
 * session vector ``s = W_m [s~/|s~| || h~_n]`` (h~_n: the last item), normalised;
 * scores ``sigma * <s/|s|, h~_j>`` over all items (sigma = 12).
 
+Where the authors' released code (Peiyance/Atten-Mixer-torch) differs from the paper, this
+module follows the paper as issue 11 states it: the level-l query is a deep-sets sum (the
+code concatenates the last l items into an l*d input of W_ql), the attention is a softmax
+of scaled dot products per head (the code: a sigmoid, then a softmax with temperature 1/2),
+and the pooled maps are renormalised to sum to 1 (the code: a second softmax).
+
 Export (bundle v1, dot-product kernel): the encoder returns ``s/|s|``, its ``item_emb``
 inputs are the normalised embeddings (the bundle's ``input_embedding``), and the scored
 rows are ``sigma * h~_j`` (the bundle's ``item_matrix``), so the runtime's
@@ -123,9 +129,12 @@ class AttenMixer(SessionModel):
 
 #: Training presets (model hyper-parameters and training settings, see TRAIN_DEFAULTS).
 PRESETS = {
-    # The paper's setup: d = 256, batch 100, Adam with lr 1e-3 (from the paper's grid) and
-    # L2 1e-5; L = 7 intent levels and H = 8 heads are the values the authors' released
-    # code uses for this dataset. Up to 10 epochs, early stopping on the validation split.
+    # The paper's setup: d = 256, batch 100, Adam with lr 1e-3 and L2 1e-5, up to 10
+    # epochs; L = 7 intent levels, H = 8 heads and p = 4 are the defaults of the authors'
+    # released code (GNN-AM/main.py of Peiyance/Atten-Mixer-torch). That code decays the
+    # lr by 0.1 every 3 epochs; the trainer here offers constant/linear/cosine schedules,
+    # so the lr stays constant. Early stopping on the validation split (valid_fraction of
+    # the training sessions) instead of the paper's last 20% of training.
     "paper": {
         "dim": 256,
         "levels": 7,
@@ -141,9 +150,11 @@ PRESETS = {
         "patience": 3,
         "same_category": False,
     },
-    # A few minutes on 2 CPU cores: small dim, large batches, a high learning rate decayed
-    # to 0 over 2 epochs. lr, dim and the decay were chosen on the validation sessions of
-    # export_tools.data.split_validation (valid_fraction 0.1 of the training sessions).
+    # The budget class of GRAINRec's fast preset (dim 64, 2 epochs, batch 512, Adam, a
+    # high learning rate decayed to 0 with a cosine schedule): minutes per epoch on 2 CPU
+    # cores. L and H were compared (L=4/H=4 against the paper's L=7/H=8) on the validation
+    # sessions of export_tools.data.split_validation (valid_fraction 0.1 of the training
+    # sessions, seed 0), never on test: docs/evaluation.md has the figures.
     "fast": {
         "dim": 64,
         "levels": 4,
