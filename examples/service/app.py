@@ -44,12 +44,11 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 # prometheus_client picks its single- or multi-process value store at import, from
 # PROMETHEUS_MULTIPROC_DIR: that must be set before this line (gunicorn.conf.py does).
@@ -62,6 +61,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as prom_multiprocess
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sessrec_sdk import BundleError, Recommender
 
@@ -126,18 +126,28 @@ def bundle_version(path: str | os.PathLike) -> str:
     return hashlib.sha256((Path(path) / "manifest.json").read_bytes()).hexdigest()[:12]
 
 
+class Current(NamedTuple):
+    """One loaded bundle and what is known about it; replaced whole on reload, so that a
+    request that reads ``SERVED.current`` once never mixes two bundles (its answer and
+    the version it reports come from the same one)."""
+
+    rec: Recommender
+    resolved: str       # the bundle directory (the symlink's target at load)
+    version: str
+    loaded_at: float
+
+
 class Served:
-    """The Recommender and what this worker knows about the bundle it serves."""
+    """The bundle this worker serves (``current``) and how to switch it."""
 
     def __init__(self, configured: str):
         if not configured:
             raise RuntimeError("set SESSREC_BUNDLE to a bundle directory (or a symlink to one)")
         self.configured = configured
-        self.resolved = os.path.realpath(configured)
-        self.version = bundle_version(self.resolved)
+        resolved = os.path.realpath(configured)
         # the mmap'd arrays and the encoder session, before any fork (see module doc)
-        self.rec = _load(self.resolved)
-        self.loaded_at = time.time()
+        self.current = Current(_load(resolved), resolved, bundle_version(resolved),
+                               time.time())
         self._lock = threading.Lock()     # one reload at a time
         self._failed: tuple[str, float] | None = None  # (target, mtime) that failed to load
         self._published: tuple[str, ...] | None = None
@@ -147,27 +157,29 @@ class Served:
         return os.path.islink(self.configured)
 
     def info(self) -> dict[str, Any]:
-        rec = self.rec
+        cur = self.current
+        rec = cur.rec
         return {"status": "ok", "pid": os.getpid(), "backend": rec.backend,
-                "bundle": {"path": self.configured, "resolved": self.resolved,
-                           "version": self.version, "n_items": rec.n_items,
+                "bundle": {"path": self.configured, "resolved": cur.resolved,
+                           "version": cur.version, "n_items": rec.n_items,
                            "format_version": rec.manifest.get("format_version"),
                            "model": rec.manifest.get("model", {}).get("kind"),
-                           "loaded_at": self.loaded_at}}
+                           "loaded_at": cur.loaded_at}}
 
     def publish(self) -> None:
         """Set this worker's bundle gauges (call after fork: values are per process)."""
-        labels = (self.resolved, self.version, str(self.rec.n_items), self.rec.backend)
+        cur = self.current
+        labels = (cur.resolved, cur.version, str(cur.rec.n_items), cur.rec.backend)
         if self._published and self._published != labels:
             BUNDLE_INFO.labels(*self._published).set(0)
         BUNDLE_INFO.labels(*labels).set(1)
-        BUNDLE_LOADED.set(self.loaded_at)
+        BUNDLE_LOADED.set(cur.loaded_at)
         self._published = labels
 
     def reload(self, path: str | None = None, *, force: bool = False) -> dict[str, Any]:
         """Switch to ``path`` (else to the current target of SESSREC_BUNDLE). The new
         bundle is loaded and warmed up beside the old one, then swapped in by one
-        assignment: a request reads ``SERVED.rec`` once, so it runs wholly on the old or
+        assignment: a request reads ``SERVED.current`` once, so it runs wholly on the old or
         wholly on the new bundle, and none waits for the load. Raises BundleError (or
         OSError) and keeps the old bundle if the new one cannot be loaded.
 
@@ -176,7 +188,7 @@ class Served:
         happen before the swap.)"""
         with self._lock:
             target = os.path.realpath(path if path is not None else self.configured)
-            if target == self.resolved and not force:
+            if target == self.current.resolved and not force:
                 return {"changed": False, **self.info()}
             try:
                 version = bundle_version(target)
@@ -188,9 +200,8 @@ class Served:
             except (BundleError, OSError):
                 RELOADS.labels("failed").inc()
                 raise
-            old = self.resolved
-            self.rec = new  # the switch
-            self.resolved, self.version, self.loaded_at = target, version, time.time()
+            old = self.current.resolved
+            self.current = Current(new, target, version, time.time())  # the switch
             self._failed = None
             if path is not None and self.is_symlink:
                 _repoint(self.configured, target)  # the other workers follow the link
@@ -204,7 +215,7 @@ class Served:
         """Follow SESSREC_BUNDLE if it now points elsewhere (the watcher's step). A target
         that failed to load is retried only once its manifest changes."""
         target = os.path.realpath(self.configured)
-        if target == self.resolved:
+        if target == self.current.resolved:
             return
         try:
             stamp = (target, os.stat(Path(target) / "manifest.json").st_mtime)
@@ -217,7 +228,7 @@ class Served:
         except (BundleError, OSError) as exc:
             self._failed = stamp
             log.error("pid %d: cannot switch to %s, still serving %s: %s", os.getpid(),
-                      target, self.resolved, exc)
+                      target, self.current.resolved, exc)
 
 
 def _load(path: str) -> Recommender:
@@ -336,9 +347,9 @@ async def recommend(request: Request) -> Response:
     t0 = time.perf_counter()
     try:
         session, k, options = _parse(await _read_json(request))
-        rec = SERVED.rec
+        cur = SERVED.current  # read once: one bundle for the whole request
         t1 = time.perf_counter()
-        out = rec.recommend(session, k, **options)
+        out = cur.rec.recommend(session, k, **options)
         RECOMMEND_SECONDS.observe(time.perf_counter() - t1)
     except ApiError as exc:
         return _error("recommend", exc.status, exc.message)
@@ -356,7 +367,7 @@ async def recommend(request: Request) -> Response:
     CANDIDATES.observe(out.n_candidates)
     body = {"ids": out.item_ids.tolist(), "scores": out.scores.tolist(),
             "fallback": out.fallback, "unknown": out.unknown,
-            "n_candidates": out.n_candidates, "bundle": SERVED.version}
+            "n_candidates": out.n_candidates, "bundle": cur.version}
     response = _json(200, body)
     REQUESTS.labels("recommend", "200").inc()
     REQUEST_SECONDS.observe(time.perf_counter() - t0)
@@ -391,8 +402,9 @@ async def reload(request: Request) -> Response:
         return _error("reload", exc.status, exc.message)
     except (BundleError, OSError) as exc:
         # the old bundle is still served: the request, not the service, failed
+        cur = SERVED.current
         return _error("reload", 422, f"cannot load bundle ({exc}); still serving "
-                      f"{SERVED.resolved} (version {SERVED.version})")
+                      f"{cur.resolved} (version {cur.version})")
     REQUESTS.labels("reload", "200").inc()
     return _json(200, result)
 
