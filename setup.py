@@ -27,30 +27,23 @@ class OptionalBuildExt(build_ext):
                   file=sys.stderr)
 
 
-EXPORT = ["torch==2.13.0", "onnx>=1.16", "onnxscript>=0.2", "tqdm>=4.60", "pandas>=2.0",
+# torch: a range here; scripts/setup.sh installs with constraints.txt, which pins the CPU
+# build used on the project's machines (a newer pin pulls a multi-GB CUDA build)
+EXPORT = ["torch>=2.4,<3", "onnx>=1.16", "onnxscript>=0.2", "tqdm>=4.60", "pandas>=2.0",
           "pyarrow>=14", "matplotlib>=3.7", "scipy>=1.11"]
-DEV = ["pytest>=8", "hypothesis>=6.100", "pytest-benchmark>=4", "psutil>=5.9", "ruff",
-       "mutmut>=3.8"]  # mutmut: scripts/mutation.sh (docs/testing.md)
 
+# Metadata lives in pyproject.toml ([project]); this file adds what only setup.py can:
+# the optional cffi build of the C kernels and the extras (declared dynamic there).
 setup(
-    name="sessrec",
-    version="0.1.0",
-    description="Embeddable inference SDK for session-based next-item recommendation",
-    long_description=open("README.md", encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
     packages=find_packages(include=["sessrec_sdk", "sessrec_sdk.*",
                                     "export_tools", "export_tools.*"]),
-    install_requires=["numpy>=1.24", "onnxruntime>=1.17", "cffi>=1.16"],
+    package_data={"sessrec_sdk": ["py.typed"]},
     extras_require={
         "numba": ["numba>=0.59"],
         "export": EXPORT,
         "bench": ["faiss-cpu>=1.8", "matplotlib>=3.7", "psutil>=5.9"],
-        "dev": DEV,
     },
-    setup_requires=["cffi>=1.16"],
     cffi_modules=["csrc/build_kernels.py:ffi"],
     cmdclass={"build_ext": OptionalBuildExt},
-    entry_points={"console_scripts": ["sessrec = sessrec_sdk.cli:main"]},
     zip_safe=False,
 )

@@ -29,7 +29,7 @@ def main(bundle: str, test_csv: str = "data/diginetica/test.csv.gz", n: int = 5)
                if target in out.item_ids else f"next item {target} not in the top 10")
         print(f"\nsession {session[-5:]} -> {hit} ({us:.0f} us"
               f"{', fallback ' + out.fallback if out.fallback else ''})")
-        for rank, (item, score) in enumerate(out, 1):
+        for rank, (item, score) in enumerate(out.pairs(), 1):
             print(f"  {rank:2d}. item {item:<7} score {score:8.4f}"
                   f"{'   <- next item' if item == target else ''}")
 

@@ -285,7 +285,7 @@ def _check_manifest(manifest: Any, path: Path) -> None:
     if inference.get("session_filter") not in SESSION_FILTERS:
         raise CorruptFileError(f"{where}: inference.session_filter must be one of "
                                f"{SESSION_FILTERS}")
-    if not (isinstance(inference.get("max_session_length"), int)
+    if not (_is_int(inference.get("max_session_length"))
             and inference["max_session_length"] >= 1):
         raise CorruptFileError(f"{where}: inference.max_session_length must be an int >= 1")
     _check_defaults(manifest["defaults"], manifest, where)
@@ -326,8 +326,11 @@ def _check_defaults(d: Any, manifest: dict[str, Any], where: Path) -> None:
 
 
 def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()  # hashlib.file_digest would need Python 3.11
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- read

@@ -3,6 +3,10 @@
 Runtime commands (``inspect``, ``warm``, ``recommend``) need only the runtime; ``synth``, ``train``,
 ``export`` and ``evaluate`` import the export tools lazily, and ``bench`` runs the
 benchmark suite, so ``sessrec --help`` stays fast and light.
+
+Exit codes: 0 done; 2 a usage error or bad input (wrong option, missing file, invalid
+value); 3 the bundle is missing or damaged (a ``BundleError``); 4 an extra is not
+installed; 1 anything unexpected (with its traceback).
 """
 from __future__ import annotations
 
@@ -12,13 +16,21 @@ import sys
 import time
 from pathlib import Path
 
+from ._version import __version__
+
+EXIT_USAGE, EXIT_BUNDLE, EXIT_MISSING_EXTRA = 2, 3, 4
+
+
+class MissingExtra(Exception):
+    """A command needs an optional dependency group that is not installed."""
+
 
 def _synth(args: argparse.Namespace) -> int:
     try:
         from export_tools.synthetic import build_synthetic_bundle
     except ImportError as exc:
-        raise SystemExit(f"sessrec synth needs the export extra ({exc}): "
-                         "pip install 'sessrec[export]'") from None
+        raise MissingExtra(f"needs the export extra ({exc}): "
+                           "pip install 'sessrec[export]'") from None
     t0 = time.perf_counter()
     path = build_synthetic_bundle(
         args.out, n_items=args.items, dim=args.dim, neighbors=args.neighbors, seed=args.seed,
@@ -81,7 +93,7 @@ def _recommend(args: argparse.Namespace) -> int:
     result = rec.recommend(session, k=args.k, category_filter=args.category_filter)
     if result.fallback:
         print(f"(fallback: {result.fallback}; {result.unknown} unknown ids)")
-    for rank, (item, score) in enumerate(result, 1):
+    for rank, (item, score) in enumerate(result.pairs(), 1):
         print(f"{rank:3d}  {item}  {score:.5f}")
     return 0
 
@@ -95,55 +107,69 @@ def _delegate(module: str):
         if module.startswith("benchmarks."):
             # the suite lives in the source tree, next to the package (not installed)
             root = Path(__file__).resolve().parents[1]
-            if (root / "benchmarks").is_dir() and str(root) not in sys.path:
+            if not (root / "benchmarks").is_dir():
+                raise MissingExtra("the benchmark suite runs from a source checkout of "
+                                   "sessrec (it is not part of the installed package): "
+                                   "clone the repository and run 'sessrec bench' there, "
+                                   "with pip install -e '.[bench]' --group dev")
+            if str(root) not in sys.path:
                 sys.path.insert(0, str(root))
-
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:
-            raise SystemExit(f"this command needs the export extra ({exc}): "
-                             "pip install 'sessrec[export]'") from None
+            extra = "bench" if module.startswith("benchmarks.") else "export"
+            raise MissingExtra(f"needs the {extra} extra ({exc}): "
+                               f"pip install 'sessrec[{extra}]'") from None
         return mod.main(args.rest)
 
     return run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sessrec", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="sessrec", description=__doc__.split("\n")[0],
+                                epilog="Exit codes: 0 done, 2 usage or input error, 3 missing "
+                                "or damaged bundle, 4 extra not installed, 1 unexpected.")
+    p.add_argument("--version", action="version", version=f"sessrec {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("synth", help="write a synthetic bundle (tests, benchmarks)")
-    s.add_argument("out", type=Path)
-    s.add_argument("--items", type=int, required=True)
-    s.add_argument("--dim", type=int, default=64)
-    s.add_argument("--neighbors", type=int, default=100)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    s.add_argument("--string-ids", action="store_true")
+    s.add_argument("out", type=Path, help="directory to write the bundle to")
+    s.add_argument("--items", type=int, required=True, help="number of items")
+    s.add_argument("--dim", type=int, default=64, help="vector dimension (default 64)")
+    s.add_argument("--neighbors", type=int, default=100,
+                   help="neighbors per item K (default 100)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="item matrix dtype (default float32)")
+    s.add_argument("--string-ids", action="store_true",
+                   help="string item ids ('sku-N') instead of integers")
     s.add_argument("--row-order", choices=["locality", "given"], default="locality",
                    help="number rows along the neighbor graph (default) or keep the drawn "
                    "order (docs/kernels.md)")
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     s.set_defaults(func=_synth)
 
     i = sub.add_parser("inspect", help="load a bundle, check it, print what it holds")
-    i.add_argument("bundle", type=Path)
-    i.add_argument("--backend", default="auto", choices=["auto", "c", "numba", "numpy"])
+    i.add_argument("bundle", type=Path, help="bundle directory")
+    i.add_argument("--backend", default="auto", choices=["auto", "c", "numba", "numpy"],
+                   help="kernel backend (default auto: C, else Numba, else numpy)")
     i.add_argument("--verify", action="store_true", default=None,
                    help="check every sha256 and id range, whatever the size")
     i.set_defaults(func=_inspect)
 
     w = sub.add_parser("warm", help="read a bundle into the page cache in 2 MB pages "
                                     "(after copying it into place, before servers start)")
-    w.add_argument("bundle", type=Path)
+    w.add_argument("bundle", type=Path, help="bundle directory")
     w.set_defaults(func=_warm)
 
     r = sub.add_parser("recommend", help="recommend for one session given on the command line")
-    r.add_argument("bundle", type=Path)
+    r.add_argument("bundle", type=Path, help="bundle directory")
     r.add_argument("items", nargs="+", help="session item ids, oldest first")
-    r.add_argument("-k", type=int, default=None)
-    r.add_argument("--category-filter", choices=["last", "session", "none"], default=None)
-    r.add_argument("--backend", default="auto", choices=["auto", "c", "numba", "numpy"])
+    r.add_argument("-k", type=int, default=None, help="how many items (default: the bundle's)")
+    r.add_argument("--category-filter", choices=["last", "session", "none"], default=None,
+                   help="category filter (default: the bundle's)")
+    r.add_argument("--backend", default="auto", choices=["auto", "c", "numba", "numpy"],
+                   help="kernel backend (default auto)")
     r.set_defaults(func=_recommend)
 
     for name, text in (("train", "train a model (sessrec train --help)"),
@@ -161,14 +187,30 @@ DELEGATED = {"train": "export_tools.train", "export": "export_tools.export",
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in DELEGATED:  # their own parsers take every remaining option
-        return _delegate(DELEGATED[argv[0]])(argparse.Namespace(rest=argv[1:]))
-    args = build_parser().parse_args(argv)
+        command, run = argv[0], _delegate(DELEGATED[argv[0]])
+        args = argparse.Namespace(rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+        command, run = args.command, args.func
     try:
-        return args.func(args)
+        return run(args)
     except Exception as exc:  # a clean one-line error for users, not a traceback
-        from .errors import BundleError
+        code = exit_code(exc)
+        if code is None:
+            raise
+        print(f"sessrec {command}: error: {exc}", file=sys.stderr)
+        return code
 
-        if isinstance(exc, (BundleError, ValueError, TypeError, FileExistsError)):
-            print(f"sessrec {args.command}: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code of an error a user can fix (None: unexpected, show the traceback)."""
+    from .errors import BundleError
+
+    if isinstance(exc, BundleError):
+        return EXIT_BUNDLE
+    if isinstance(exc, MissingExtra):
+        return EXIT_MISSING_EXTRA
+    if isinstance(exc, (ValueError, TypeError, FileExistsError, FileNotFoundError,
+                        NotADirectoryError, IsADirectoryError, PermissionError)):
+        return EXIT_USAGE
+    return None

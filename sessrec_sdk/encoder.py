@@ -96,8 +96,12 @@ class SessionEncoder:
         for e in spec["outputs"]:
             o = outputs[e["name"]]
             want = [1, self.output_dim] if e["kind"] == "query" else [1, None]
-            if o.type != "tensor(float)" or (e["kind"] != "extra"
-                                             and not _shape_fits(o.shape, want)):
+            # the query's width must be declared as a number: a symbolic one (e.g. one that
+            # grows with the session) could match dim for one length and not another
+            fixed = e["kind"] != "query" or (o.shape is not None and len(o.shape) == 2
+                                             and o.shape[1] == self.output_dim)
+            if o.type != "tensor(float)" or not fixed or (
+                    e["kind"] != "extra" and not _shape_fits(o.shape, want)):
                 raise CorruptFileError(
                     f"{path}: encoder output {e['name']!r} (kind {e['kind']}) must be "
                     f"float32 {want}, it is declared {o.type} {o.shape}")

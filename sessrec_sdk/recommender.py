@@ -22,11 +22,12 @@ argument, and an empty result carries a ``fallback`` reason saying why.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -52,6 +53,13 @@ from .kernels import (
 )
 from .limits import Limits
 from .result import Recommendation
+
+log = logging.getLogger("sessrec")
+
+Backend = Literal["auto", "c", "numba", "numpy"]
+CategoryFilter = Literal["last", "session", "none"]
+CandidatePolicy = Literal["neighbors"]
+Ids = Sequence[Any] | np.ndarray
 
 _NO_ROWS = np.empty(0, dtype=np.int32)
 # q . q above this (or NaN) means the encoder's output cannot be scored safely: with rows
@@ -135,7 +143,7 @@ class Recommender:
         self._served = served
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, backend: str = "auto",
+    def load(cls, path: str | os.PathLike, *, backend: Backend = "auto",
              verify: bool | None = None, prefault: bool = False,
              limits: Limits | None = None, encoder_cache: int = 0,
              ort_options: dict[str, Any] | None = None) -> Recommender:
@@ -158,16 +166,20 @@ class Recommender:
         if isinstance(encoder_cache, bool) or not isinstance(encoder_cache, int) \
                 or encoder_cache < 0:
             raise ValueError(f"encoder_cache must be an int >= 0, got {encoder_cache!r}")
-        return cls(_Served(_read(path, verify, prefault), backend, limits or Limits(),
-                           encoder_cache, ort_options))
+        served = _Served(_read(path, verify, prefault), backend, limits or Limits(),
+                         encoder_cache, ort_options)
+        _log_load(served, verify, prefault, backend)
+        return cls(served)
 
     def reload(self, path: str | os.PathLike, *, verify: bool | None = None,
                prefault: bool = False) -> None:
         """Load another bundle with the same backend and load options and switch to it in
         one assignment."""
         s = self._served
-        self._served = _Served(_read(path, verify, prefault), self.backend, s.limits,
-                               *s.load_options)
+        served = _Served(_read(path, verify, prefault), self.backend, s.limits,
+                         *s.load_options)
+        _log_load(served, verify, prefault, self.backend)
+        self._served = served
 
     @property
     def backend(self) -> str:
@@ -194,15 +206,15 @@ class Recommender:
 
     def recommend(
         self,
-        session: Sequence[Any] | np.ndarray,
+        session: Ids,
         k: int | None = None,
         *,
-        category_filter: str | None = None,
+        category_filter: CategoryFilter | None = None,
         neighbors: int | None = None,
         exclude_session_items: bool | None = None,
-        exclude: Sequence[Any] | np.ndarray | None = None,
-        allow: Sequence[Any] | np.ndarray | None = None,
-        candidates: str | None = None,
+        exclude: Ids | None = None,
+        allow: Ids | None = None,
+        candidates: CandidatePolicy | None = None,
     ) -> Recommendation:
         """The top ``k`` next items for ``session`` (external ids, oldest first).
 
@@ -219,19 +231,31 @@ class Recommender:
                                   exclude_session_items=exclude_session_items,
                                   exclude=exclude, allow=allow, candidates=candidates))
 
+    def recommend_many(self, sessions: Iterable[Ids], k: int | None = None,
+                       **options: Any) -> list[Recommendation]:
+        """``recommend`` for each session, in order, with the same options (offline
+        scoring, evaluation). One bundle answers them all even if ``reload`` runs
+        meanwhile. Each session is encoded on its own: bundle encoders take one session
+        per run, so the speed-up over a loop is only the per-call setup saved; for
+        throughput run calls in several threads (each call releases the GIL in the
+        kernel) or processes."""
+        served = self._served
+        one = Recommender(served)
+        return [one.recommend(s, k, **options) for s in sessions]
+
     # ------------------------------------------------------------------ the stages
 
     def plan(
         self,
-        session: Sequence[Any] | np.ndarray,
+        session: Ids,
         k: int | None = None,
         *,
-        category_filter: str | None = None,
+        category_filter: CategoryFilter | None = None,
         neighbors: int | None = None,
         exclude_session_items: bool | None = None,
-        exclude: Sequence[Any] | np.ndarray | None = None,
-        allow: Sequence[Any] | np.ndarray | None = None,
-        candidates: str | None = None,
+        exclude: Ids | None = None,
+        allow: Ids | None = None,
+        candidates: CandidatePolicy | None = None,
     ) -> CallPlan:
         """Stages 1-3 of :meth:`recommend` (same arguments): options checked, ids mapped,
         the window chosen. Raises what ``recommend`` raises for bad arguments."""
@@ -307,13 +331,13 @@ class Recommender:
 
     # ------------------------------------------------------------------ shortcuts
 
-    def session_rows(self, session: Sequence[Any] | np.ndarray) -> np.ndarray:
+    def session_rows(self, session: Ids) -> np.ndarray:
         """The catalog rows the encoder sees for ``session``: known ids, the last
         ``max_session_length`` of them, after the model's session filter."""
         plan = self.plan(session)
         return _encoder_rows(plan.served, plan.window)
 
-    def query(self, session: Sequence[Any] | np.ndarray) -> np.ndarray | None:
+    def query(self, session: Ids) -> np.ndarray | None:
         """The session vector the candidates are scored against (None: no known item)."""
         plan = self.plan(session)
         outputs = self.encode(plan)
@@ -321,6 +345,17 @@ class Recommender:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _log_load(s: _Served, verify: bool | None, prefault: bool, asked: str) -> None:
+    m = s.bundle.manifest
+    log.info("loaded %s: %s v%d, %d items, d=%d, K=%d; backend %s, verify=%s, prefault=%s",
+             s.bundle.path, m["model"].get("kind", "?"), m["format_version"], m["n_items"],
+             m["dim"], m["neighbors_per_item"], s.kernel.name, verify, prefault)
+    if asked == "auto" and s.kernel.name != "c":
+        log.warning("the C kernel extension is not built: serving with the %s backend, "
+                    "several times slower (reinstall sessrec with a C compiler)",
+                    s.kernel.name)
 
 
 def _read(path: str | os.PathLike, verify: bool | None, prefault: bool) -> Bundle:

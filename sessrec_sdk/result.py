@@ -10,7 +10,8 @@ import numpy as np
 
 @dataclass(frozen=True, eq=False)
 class Recommendation:
-    """Top items and their scores, best first (read-only numpy arrays).
+    """Top items and their scores, best first (read-only numpy arrays):
+    ``item_ids, scores = rec.recommend(session)``; ``len(result)`` items.
 
     ``fallback`` says why the model's ranking is not what came back, else None:
     "popularity" (an empty or all-unknown session: the most popular items),
@@ -35,13 +36,20 @@ class Recommendation:
         self.scores.setflags(write=False)
 
     def __len__(self) -> int:
+        """The number of items returned."""
         return len(self.item_ids)
 
-    def __iter__(self) -> Iterator[tuple[Any, float]]:
-        return zip(self.item_ids.tolist(), self.scores.tolist())
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Unpacks as ``item_ids, scores = rec.recommend(...)``, whatever k is (as
+        implicit's ``recommend`` does); :meth:`pairs` gives (item, score) tuples."""
+        return iter((self.item_ids, self.scores))
+
+    def pairs(self) -> list[tuple[Any, float]]:
+        """[(item id, score), ...] as Python values, best first."""
+        return list(zip(self.item_ids.tolist(), self.scores.tolist()))
 
     def __repr__(self) -> str:
-        head = ", ".join(f"{i!r}: {s:.4g}" for i, s in list(self)[:5])
+        head = ", ".join(f"{i!r}: {s:.4g}" for i, s in self.pairs()[:5])
         more = ", ..." if len(self) > 5 else ""
         return (f"Recommendation([{head}{more}], n={len(self)}, fallback={self.fallback!r}, "
                 f"unknown={self.unknown})")

@@ -513,7 +513,9 @@ def _encoder_short_by_one(d: int, data_dependent: bool) -> bytes:
         nodes, "short",
         [helper.make_tensor_value_info("items", TensorProto.INT64, [1, "L"]),
          helper.make_tensor_value_info("item_emb", TensorProto.FLOAT, [1, "L", d])],
-        [helper.make_tensor_value_info("query", TensorProto.FLOAT, None)], const)
+        # declared [1, d] when the end is data-dependent (only a run shows it is d - 1)
+        [helper.make_tensor_value_info("query", TensorProto.FLOAT,
+                                       [1, d] if data_dependent else None)], const)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
@@ -529,7 +531,7 @@ def test_encoder_output_of_another_shape_is_refused(bundle_copy):
         Recommender.load(bundle_copy)
     (bundle_copy / "encoder.onnx").write_bytes(_encoder_short_by_one(d, True))
     _resign(bundle_copy, "encoder.onnx")
-    rec = Recommender.load(bundle_copy)  # the shape is not known before it runs
+    rec = Recommender.load(bundle_copy)  # declared right: wrong only when it runs
     for backend_rec in (rec, Recommender.load(bundle_copy, backend="numpy")):
         with pytest.raises(CorruptFileError, match=rf"encoder.onnx: the encoder returned "
                                                    rf"float32 \(1, {d - 1}\) for 'query'"):
@@ -557,3 +559,43 @@ def test_kernels_refuse_a_query_that_does_not_fit_the_catalog(small_bundle, back
         with pytest.raises(ValueError, match=match):
             kernel.top_k(q._replace(**change), Scratch(n))
     assert len(with_cats.top_k(q, Scratch(n))[0]) == 5
+
+
+def test_query_width_must_be_declared_as_a_number(bundle_copy):
+    """An output declared [1, "N"] (e.g. growing with the session) could match dim for one
+    session length and not another: refused at load."""
+    from onnx import TensorProto, helper
+
+    d = json.loads((bundle_copy / "manifest.json").read_text())["dim"]
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["item_emb"], ["query"], axes=[1], keepdims=0)],
+        "symbolic",
+        [helper.make_tensor_value_info("items", TensorProto.INT64, [1, "L"]),
+         helper.make_tensor_value_info("item_emb", TensorProto.FLOAT, [1, "L", "D"])],
+        [helper.make_tensor_value_info("query", TensorProto.FLOAT, [1, "D"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (bundle_copy / "encoder.onnx").write_bytes(model.SerializeToString())
+    _resign(bundle_copy, "encoder.onnx")
+    with pytest.raises(CorruptFileError, match=rf"encoder output 'query' \(kind query\) must "
+                                               rf"be float32 \[1, {d}\], it is declared "
+                                               r"tensor\(float\) \[1, 'D'\]"):
+        Recommender.load(bundle_copy)
+
+
+def test_session_length_true_is_not_one(bundle_copy):
+    _edit_manifest(bundle_copy, lambda m: m["inference"].__setitem__("max_session_length",
+                                                                     True))
+    with pytest.raises(CorruptFileError, match="max_session_length"):
+        Recommender.load(bundle_copy)
+
+
+def test_numba_load_survives_a_bad_neighbor_in_row_zero(bundle_copy):
+    path = bundle_copy / "neighbors.npy"
+    nb = np.load(path)
+    nb[0, 0] = 10**9
+    np.save(path, nb)
+    rec = Recommender.load(bundle_copy, verify=False, backend="numba")  # warm-up is fine
+    ids = np.load(bundle_copy / "item_ids.npy")
+    with pytest.raises(CorruptFileError, match="neighbors.npy: row 0"):
+        rec.recommend([ids[0]])

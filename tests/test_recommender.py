@@ -32,8 +32,10 @@ def test_result_shape_and_order(rec, small_ids):
     assert len(out) == 7 and out.item_ids.dtype == np.int64 and out.scores.dtype == np.float32
     assert np.all(np.diff(out.scores) <= 0)
     assert out.fallback is None and out.unknown == 0 and out.n_candidates >= 7
-    pairs = list(out)
+    pairs = out.pairs()
     assert pairs[0] == (int(out.item_ids[0]), float(out.scores[0]))
+    ids, scores = out  # unpacks as (item_ids, scores), for any k
+    assert ids is out.item_ids and scores is out.scores
     with pytest.raises(ValueError):
         out.item_ids[0] = 1  # read-only
 
@@ -150,7 +152,7 @@ def test_string_ids_and_float16(str_bundle, backend):
     ids = rec.item_ids
     assert ids.dtype.kind == "U"
     out = rec.recommend(ids[:3].tolist(), k=5)
-    assert len(out) == 5 and all(isinstance(i, str) for i, _ in out)
+    assert len(out) == 5 and all(isinstance(i, str) for i, _ in out.pairs())
     with pytest.raises(TypeError, match="str"):
         rec.recommend([1, 2, 3])
 
@@ -308,7 +310,11 @@ def test_recommendation_is_read_only():
         del r.scores
     with pytest.raises(ValueError):
         r.item_ids[0] = 7
-    assert list(r) == [(3, 0.5), (1, 0.25)] and len(r) == 2
+    assert r.pairs() == [(3, 0.5), (1, 0.25)] and len(r) == 2
+    ids, scores = r  # two items: still (ids, scores), never two (item, score) pairs
+    assert ids.tolist() == [3, 1] and scores.tolist() == [0.5, 0.25]
+    ids, scores = Recommendation(np.array([3]), np.array([0.5], np.float32))
+    assert ids.tolist() == [3] and scores.tolist() == [0.5]
 
 
 def test_recommendation_pickles_and_copies():
