@@ -21,6 +21,8 @@
  *                                  the result, 0 makes them candidates themselves
  *   categories, allowed_cats, n_allowed_cats
  *                                  category filter; n_allowed_cats < 0 disables it
+ *   cands, n_cands                 further candidate rows in [0, n_items), merged after
+ *                                  the neighbor rows (items of predicted categories)
  *   excluded, n_excluded           rows never returned
  *   allowed, n_allowed             allow-list of rows; n_allowed < 0 disables it
  *   query                          [dim] float32
@@ -245,6 +247,7 @@ static inline int rows_in_range(const int32_t *rows, int32_t n, int64_t n_items,
     const int32_t *neighbors, int32_t row_width, int32_t n_use, \
     const int32_t *seeds, int32_t n_seeds, int32_t exclude_seeds, \
     const int32_t *categories, const int32_t *allowed_cats, int32_t n_allowed_cats, \
+    const int32_t *cands, int32_t n_cands, \
     const int32_t *excluded, int32_t n_excluded, \
     const int32_t *allowed, int32_t n_allowed, \
     const float *query, \
@@ -252,7 +255,8 @@ static inline int rows_in_range(const int32_t *rows, int32_t n, int64_t n_items,
     int32_t k, int32_t *out_rows, float *out_scores, int32_t *out_n_candidates
 #define SR_TOP_K_ARGS \
     matrix, is_half, n_items, dim, bias, neighbors, row_width, n_use, seeds, n_seeds, \
-    exclude_seeds, categories, allowed_cats, n_allowed_cats, excluded, n_excluded, allowed, \
+    exclude_seeds, categories, allowed_cats, n_allowed_cats, cands, n_cands, excluded, \
+    n_excluded, allowed, \
     n_allowed, query, seen, allow_mark, epoch, k, out_rows, out_scores, out_n_candidates
 
 /* The kernel body, instantiated below once per instruction set (hw_f16 constant). */
@@ -266,6 +270,7 @@ SR_INLINE int32_t top_k_body(SR_TOP_K_PARAMS, const int32_t hw_f16) {
     if (k <= 0) return 0;
     /* rows come from the caller (the id lookup): checked here, before any is written */
     if (!rows_in_range(seeds, n_seeds, n_items, out_rows)
+        || !rows_in_range(cands, n_cands, n_items, out_rows)
         || !rows_in_range(excluded, n_excluded, n_items, out_rows)
         || !rows_in_range(allowed, n_allowed, n_items, out_rows)) return SR_ERR_ROW_RANGE;
 
@@ -277,11 +282,15 @@ SR_INLINE int32_t top_k_body(SR_TOP_K_PARAMS, const int32_t hw_f16) {
 
     /* Two passes per batch: (1) merge the neighbor ids, dedupe and filter them (small
      * random reads of seen/allow_mark/categories, prefetched SR_IDS_AHEAD ids ahead),
-     * (2) score the survivors. t = -1 visits the seed itself when it may be returned. */
-    for (int32_t s = 0; s < n_seeds; s++) {
-        const int32_t *row = neighbors + (int64_t)seeds[s] * row_width;
-        for (int32_t t = exclude_seeds ? 0 : -1; t < n_use; t++) {
-            if (t + SR_IDS_AHEAD < n_use) {
+     * (2) score the survivors. t = -1 visits the seed itself when it may be returned.
+     * List s = n_seeds, if any, is the caller's further candidates. */
+    const int32_t n_lists = n_seeds + (n_cands > 0);
+    for (int32_t s = 0; s < n_lists; s++) {
+        const int32_t from_seed = s < n_seeds;
+        const int32_t *row = from_seed ? neighbors + (int64_t)seeds[s] * row_width : cands;
+        const int32_t len = from_seed ? n_use : n_cands;
+        for (int32_t t = exclude_seeds || !from_seed ? 0 : -1; t < len; t++) {
+            if (t + SR_IDS_AHEAD < len) {
                 int32_t p = row[t + SR_IDS_AHEAD];
                 if (p >= 0 && p < n_items) {
                     __builtin_prefetch(&seen[p]);
@@ -289,8 +298,8 @@ SR_INLINE int32_t top_k_body(SR_TOP_K_PARAMS, const int32_t hw_f16) {
                 }
             }
             int32_t c = t < 0 ? seeds[s] : row[t];
-            if (c < -1 || c >= n_items) {
-                out_rows[0] = seeds[s];
+            if (c < -1 || c >= n_items) {  /* only a neighbor id can be: cands are checked */
+                out_rows[0] = from_seed ? seeds[s] : c;
                 return SR_ERR_NEIGHBOR_RANGE;
             }
             if (c == -1 || seen[c] == epoch) continue;
@@ -361,7 +370,8 @@ int32_t sr_top_k(const sr_catalog *catalog, const sr_query *query, const sr_scra
 #define SR_STRUCT_ARGS \
     c->matrix, c->is_half, c->n_items, c->dim, c->bias, c->neighbors, c->row_width, \
     q->n_use, q->seeds, q->n_seeds, q->exclude_seeds, c->categories, q->allowed_cats, \
-    q->n_allowed_cats, q->excluded, q->n_excluded, q->allowed, q->n_allowed, q->query, \
+    q->n_allowed_cats, q->candidates, q->n_candidates, q->excluded, q->n_excluded, \
+    q->allowed, q->n_allowed, q->query, \
     scratch->seen, scratch->allow_mark, scratch->epoch, q->k, out_rows, out_scores, \
     out_n_candidates
 #if SR_X86_DISPATCH

@@ -39,6 +39,8 @@ typedef struct {
     int32_t n_allowed;           /* < 0: no allow-list */
     const float *query;          /* [dim] */
     int32_t k;
+    const int32_t *candidates;   /* further candidate rows, merged after the neighbor rows */
+    int32_t n_candidates;        /* (e.g. the items of the predicted categories); 0 = none */
 } sr_query;
 
 /* A thread's visited stamps ([n_items] each) and a stamp never used before with them. */

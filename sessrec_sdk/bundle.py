@@ -43,10 +43,14 @@ POPULARITY_SCORES = "popularity_scores.npy"
 ITEM_IDS = "item_ids.npy"
 ITEM_IDS_SORTED = "item_ids_sorted.npy"
 ITEM_IDS_ORDER = "item_ids_order.npy"
+# category -> items (CSR; each category's items most popular first): the candidates of the
+# "categories" policy, written for bundles whose encoder predicts categories
+CATEGORY_INDPTR = "category_items_indptr.npy"
+CATEGORY_INDICES = "category_items_indices.npy"
 
 REQUIRED_FILES = (ENCODER, ITEM_MATRIX, NEIGHBORS, POPULARITY, POPULARITY_SCORES,
                   ITEM_IDS, ITEM_IDS_SORTED, ITEM_IDS_ORDER)
-OPTIONAL_FILES = (ITEM_BIAS, INPUT_EMBEDDING, ITEM_CATEGORY)
+OPTIONAL_FILES = (ITEM_BIAS, INPUT_EMBEDDING, ITEM_CATEGORY, CATEGORY_INDPTR, CATEGORY_INDICES)
 
 # The encoder's inputs and outputs are declared in the manifest (v2) by name and kind; the
 # kind says what the runtime feeds or reads. Input kinds, each [1, L] over the encoded
@@ -70,13 +74,19 @@ DEFAULT_ENCODER_SPEC = {"inputs": [{"name": "items", "kind": "items"},
                                    {"name": "item_emb", "kind": "item_rows"}],
                         "outputs": [{"name": "query", "kind": "query"}]}
 
-CATEGORY_FILTERS = ("last", "session", "none")
+# "predicted": the top predicted categories (bundles whose encoder predicts categories)
+CATEGORY_FILTERS = ("last", "session", "none", "predicted")
 SESSION_FILTERS = ("none", "last_category")
 # how the writer numbered the rows (manifest "row_order", informational): "given" = the
 # model's or caller's order, "locality" = along the neighbor graph (export_tools.layout)
 ROW_ORDERS = ("given", "locality")
-CANDIDATE_POLICIES = ("neighbors",)
+# "neighbors": the neighbor rows of the session items; "categories": the items of the top
+# predicted categories (capped at max_candidates)
+CANDIDATE_POLICIES = ("neighbors", "categories")
 DEFAULT_KEYS = ("k", "neighbors", "category_filter", "exclude_session_items", "candidates")
+# defaults of bundles whose encoder predicts categories: how many top categories, and the
+# cap on the candidates of the "categories" policy
+CATEGORY_DEFAULT_KEYS = ("categories", "max_candidates")
 
 # Bundles up to this size are fully verified (sha256, id ranges) at load unless told not to.
 AUTO_VERIFY_MAX_BYTES = 256 * 2**20
@@ -101,6 +111,14 @@ class Bundle:
     popularity: np.ndarray
     popularity_scores: np.ndarray
     ids: ItemIds
+    category_indptr: np.ndarray | None = None   # [n_categories + 1] int64
+    category_items: np.ndarray | None = None    # int32 rows, by category
+
+    @property
+    def predicts_categories(self) -> bool:
+        """The encoder has a category head (an output of kind "category_scores")."""
+        return any(e["kind"] == "category_scores"
+                   for e in encoder_spec(self.manifest)["outputs"])
 
     @property
     def encoder_path(self) -> Path:
@@ -110,7 +128,8 @@ class Bundle:
         """Every memory-mapped array, each once."""
         arrs = [self.item_matrix, self.neighbors, self.item_category, self.item_bias,
                 self.input_embedding, self.popularity, self.popularity_scores,
-                self.ids.in_row_order, self.ids.sorted_ids, self.ids.order]
+                self.ids.in_row_order, self.ids.sorted_ids, self.ids.order,
+                self.category_indptr, self.category_items]
         unique = {id(a): a for a in arrs if a is not None}
         return list(unique.values())
 
@@ -171,6 +190,16 @@ def _check_arrays(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> No
                f"[{n}] {'str' if ids_kind == 'U' else 'int64'} ids")
     o = arrays[ITEM_IDS_ORDER]
     expect(ITEM_IDS_ORDER, o.shape == (n,) and o.dtype == np.int32, f"[{n}] int32")
+    if (CATEGORY_INDPTR in arrays) != (CATEGORY_INDICES in arrays):
+        raise CorruptFileError(f"{MANIFEST}: {CATEGORY_INDPTR} and {CATEGORY_INDICES} go "
+                               "together")
+    if CATEGORY_INDPTR in arrays:
+        n_cats = manifest.get("n_categories")
+        expect(CATEGORY_INDPTR, arrays[CATEGORY_INDPTR].shape == (n_cats + 1,)
+               and arrays[CATEGORY_INDPTR].dtype == np.int64, "[n_categories + 1] int64")
+        ci = arrays[CATEGORY_INDICES]
+        expect(CATEGORY_INDICES, ci.ndim == 1 and ci.shape[0] <= n and ci.dtype == np.int32,
+               f"[<= {n}] int32")
 
 
 def _check_values(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
@@ -273,6 +302,11 @@ def _check_manifest(manifest: Any, path: Path) -> None:
     for key in ("has_categories", "has_bias"):
         if not isinstance(manifest.get(key, False), bool):
             raise CorruptFileError(f"{where}: {key} must be true or false")
+    if "n_categories" in manifest and not (_is_int(manifest["n_categories"])
+                                           and manifest["n_categories"] >= 1):
+        raise CorruptFileError(f"{where}: n_categories must be an int >= 1")
+    if CATEGORY_INDPTR in manifest["files"] and "n_categories" not in manifest:
+        raise CorruptFileError(f"{where}: a category index needs n_categories")
     for name, info in manifest["files"].items():
         if name not in REQUIRED_FILES + OPTIONAL_FILES:  # also keeps paths inside the bundle
             raise CorruptFileError(f"{where}: files lists {name!r}, which is not a bundle "
@@ -323,6 +357,22 @@ def _check_defaults(d: Any, manifest: dict[str, Any], where: Path) -> None:
     if d["category_filter"] != "none" and not manifest.get("has_categories"):
         raise CorruptFileError(f"{where}: defaults.category_filter={d['category_filter']!r} "
                                f"needs {ITEM_CATEGORY}, which the bundle does not have")
+    head = manifest["format_version"] >= 2 and any(
+        e["kind"] == "category_scores" for e in encoder_spec(manifest)["outputs"])
+    if (d["category_filter"] == "predicted" or d["candidates"] == "categories") and not head:
+        raise CorruptFileError(f"{where}: defaults need an encoder that predicts categories "
+                               "(an output of kind category_scores)")
+    if d["candidates"] == "categories" and CATEGORY_INDPTR not in manifest["files"]:
+        raise CorruptFileError(f"{where}: defaults.candidates='categories' needs "
+                               f"{CATEGORY_INDPTR}")
+    n_cats = manifest.get("n_categories", 0)
+    for key in CATEGORY_DEFAULT_KEYS if head else ():
+        v = d.get(key)
+        top = n_cats if key == "categories" else None
+        if not (_is_int(v) and v >= 1 and (top is None or v <= top)):
+            raise CorruptFileError(f"{where}: defaults.{key} must be an int >= 1"
+                                   + (f" and <= n_categories={top}" if top else "")
+                                   + f", got {v!r}")
 
 
 def sha256_of(path: Path) -> str:
@@ -378,7 +428,8 @@ def read_bundle(path: str | os.PathLike, verify: bool | None = None) -> Bundle:
         item_category=arrays.get(ITEM_CATEGORY), item_bias=arrays.get(ITEM_BIAS),
         input_embedding=arrays.get(INPUT_EMBEDDING, matrix),
         popularity=arrays[POPULARITY], popularity_scores=arrays[POPULARITY_SCORES],
-        ids=ItemIds(arrays[ITEM_IDS], arrays[ITEM_IDS_SORTED], arrays[ITEM_IDS_ORDER]))
+        ids=ItemIds(arrays[ITEM_IDS], arrays[ITEM_IDS_SORTED], arrays[ITEM_IDS_ORDER]),
+        category_indptr=arrays.get(CATEGORY_INDPTR), category_items=arrays.get(CATEGORY_INDICES))
 
 
 def _read_manifest(mpath: Path) -> Any:
@@ -423,7 +474,14 @@ def _check_rows(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None
     ``take``: checked on every load (O(n_items) on two int32 arrays, ~1 ms per million
     items), so an unverified bundle cannot make a call index outside the catalog."""
     n = manifest["n_items"]
-    for name in (ITEM_IDS_ORDER, POPULARITY):
+    if CATEGORY_INDPTR in arrays:
+        p, nnz = arrays[CATEGORY_INDPTR], len(arrays[CATEGORY_INDICES])
+        if p[0] != 0 or p[-1] != nnz or (p.size > 1 and (p[1:] < p[:-1]).any()):
+            raise CorruptFileError(f"{CATEGORY_INDPTR}: must rise from 0 to the length of "
+                                   f"{CATEGORY_INDICES} ({nnz})")
+    for name in (ITEM_IDS_ORDER, POPULARITY, CATEGORY_INDICES):
+        if name not in arrays:
+            continue
         a = arrays[name]
         if a.size and (int(a.min()) < 0 or int(a.max()) >= n):
             bad = int(np.argmax((a < 0) | (a >= n)))
@@ -504,6 +562,15 @@ def write_bundle(
         arrays[ITEM_BIAS] = np.asarray(item_bias, dtype=np.float32)
     if input_embedding is not None:
         arrays[INPUT_EMBEDDING] = input_embedding
+    encoder_io = encoder_io or DEFAULT_ENCODER_SPEC
+    extra: dict[str, Any] = {}
+    if any(e["kind"] == "category_scores" for e in encoder_io.get("outputs", [])):
+        if item_category is None:
+            raise ValueError("an encoder that predicts categories needs item_category")
+        indptr, indices = category_index(arrays[ITEM_CATEGORY], arrays[POPULARITY])
+        arrays[CATEGORY_INDPTR], arrays[CATEGORY_INDICES] = indptr, indices
+        extra["n_categories"] = len(indptr) - 1
+        defaults = {"categories": min(3, len(indptr) - 1), "max_candidates": 5000, **defaults}
     defaults = {"k": 10, "candidates": "neighbors", "neighbors": int(neighbors.shape[1]),
                 **defaults}
     manifest: dict[str, Any] = {
@@ -519,16 +586,17 @@ def write_bundle(
         "id_kind": id_kind,
         "has_categories": item_category is not None,
         "has_bias": item_bias is not None,
+        **extra,
         "score_transform": "dot",
-        "encoder": encoder_io or DEFAULT_ENCODER_SPEC,
+        "encoder": encoder_io,
         "inference": inference,
         "defaults": defaults,
         "data_stats": data_stats or {},
         "created_by": {"sessrec": __version__, "numpy": np.__version__,
                        "python": platform.python_version(), **(tool_versions or {})},
-        "files": {},
+        "files": {name: {"sha256": "", "bytes": 0} for name in [ENCODER, *arrays]},
     }
-    _check_manifest(manifest, out)
+    _check_manifest(manifest, out)  # the file entries are filled in once written
     _check_arrays(arrays, manifest)
     _check_rows(arrays, manifest)
     _check_values(arrays, manifest)
@@ -553,6 +621,23 @@ def write_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def category_index(item_category: np.ndarray, popularity: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr int64 [C + 1], indices int32): the rows of each category 0..C-1 (C = the
+    largest category + 1; rows of category -1 are left out), most popular first, then by
+    row, so that a capped read of a category keeps its popular items."""
+    cats = np.asarray(item_category)
+    n_cats = int(cats.max()) + 1 if cats.size and cats.max() >= 0 else 1
+    rank = np.full(len(cats), len(popularity), dtype=np.int64)
+    rank[np.asarray(popularity)] = np.arange(len(popularity))
+    rows = np.flatnonzero(cats >= 0)
+    order = np.lexsort((rows, rank[rows], cats[rows]))
+    indices = rows[order].astype(np.int32)
+    indptr = np.zeros(n_cats + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cats[rows], minlength=n_cats), out=indptr[1:])
+    return indptr, indices
 
 
 def update_manifest(path: str | os.PathLike, **changes: Any) -> dict[str, Any]:

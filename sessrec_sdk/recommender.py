@@ -57,8 +57,8 @@ from .result import Recommendation
 log = logging.getLogger("sessrec")
 
 Backend = Literal["auto", "c", "numba", "numpy"]
-CategoryFilter = Literal["last", "session", "none"]
-CandidatePolicy = Literal["neighbors"]
+CategoryFilter = Literal["last", "session", "none", "predicted"]
+CandidatePolicy = Literal["neighbors", "categories"]
 Ids = Sequence[Any] | np.ndarray
 
 _NO_ROWS = np.empty(0, dtype=np.int32)
@@ -81,6 +81,9 @@ class _Served:
                                  m["dim"], ort_options)
         self.encoder = CachedEncoder(encoder, encoder_cache) if encoder_cache else encoder
         self.query_name = encoder.query_name  # the output of kind "query"
+        self.category_name = next((name for name, kind in encoder.output_kinds.items()
+                                   if kind == "category_scores"), None)
+        self.n_categories: int = m.get("n_categories", 0)
         self.kernel = make_kernel(CatalogArrays(bundle.item_matrix, bundle.neighbors,
                                                 bundle.item_category, bundle.item_bias),
                                   backend)
@@ -90,7 +93,7 @@ class _Served:
         self.n_items: int = m["n_items"]
         self.width: int = m["neighbors_per_item"]
         self._local = threading.local()
-        k, *rest = _options(self, None, None, None, None, None)
+        k, *rest = _options(self, None, None, None, None, None, None, None)
         self.default_options_k, self.default_options = k, tuple(rest)
 
     def popularity_rank(self) -> np.ndarray:
@@ -121,6 +124,9 @@ class CallPlan(NamedTuple):
     category_filter: str
     neighbors: int
     exclude_session_items: bool
+    candidates: str                # the candidate policy
+    categories: int                # top predicted categories used (0: no category head)
+    max_candidates: int            # cap on the "categories" policy's candidates
     known: np.ndarray              # int32 rows of the known session ids, oldest first
     unknown: int                   # session ids not in the catalog
     window: np.ndarray             # the last max_session_length rows of ``known``
@@ -215,21 +221,28 @@ class Recommender:
         exclude: Ids | None = None,
         allow: Ids | None = None,
         candidates: CandidatePolicy | None = None,
+        categories: int | None = None,
+        max_candidates: int | None = None,
     ) -> Recommendation:
         """The top ``k`` next items for ``session`` (external ids, oldest first).
 
         Options left as None take the bundle's defaults (``rec.manifest["defaults"]``):
         ``category_filter``: "last" (same category as the last item), "session" (as any
-        session item) or "none"; ``neighbors``: neighbors per session item merged into the
-        candidates (<= the bundle's K); ``exclude_session_items``: never return items of
-        the session; ``exclude``/``allow``: business rules, ids never to return / the only
-        ids that may be returned (unknown ids in them are ignored); ``candidates``:
-        "neighbors" (the only policy so far).
+        session item), "predicted" (the top ``categories`` predicted categories) or "none";
+        ``neighbors``: neighbors per session item merged into the candidates (<= the
+        bundle's K); ``exclude_session_items``: never return items of the session;
+        ``exclude``/``allow``: business rules, ids never to return / the only ids that may
+        be returned (unknown ids in them are ignored); ``candidates``: "neighbors" (the
+        neighbor rows of the session items) or "categories" (the items of the top
+        ``categories`` predicted categories, at most ``max_candidates`` of them, most
+        popular first within a category). The category options need a bundle whose
+        encoder predicts categories; ``result.n_candidates`` says how many rows were scored.
         """
         return self.run(self.plan(session, k, category_filter=category_filter,
                                   neighbors=neighbors,
                                   exclude_session_items=exclude_session_items,
-                                  exclude=exclude, allow=allow, candidates=candidates))
+                                  exclude=exclude, allow=allow, candidates=candidates,
+                                  categories=categories, max_candidates=max_candidates))
 
     def recommend_many(self, sessions: Iterable[Ids], k: int | None = None,
                        **options: Any) -> list[Recommendation]:
@@ -256,23 +269,25 @@ class Recommender:
         exclude: Ids | None = None,
         allow: Ids | None = None,
         candidates: CandidatePolicy | None = None,
+        categories: int | None = None,
+        max_candidates: int | None = None,
     ) -> CallPlan:
         """Stages 1-3 of :meth:`recommend` (same arguments): options checked, ids mapped,
         the window chosen. Raises what ``recommend`` raises for bad arguments."""
         s = self._served  # read once: a concurrent reload() never mixes two bundles
         if (category_filter is None and neighbors is None and exclude_session_items is None
-                and candidates is None):  # the common call: defaults validated at load
-            cat_filter, n_use, exclude_seen = s.default_options
+                and candidates is None and categories is None and max_candidates is None):
+            options = s.default_options  # the common call: defaults validated at load
             k = s.default_options_k if k is None else _check_k(s, k)
         else:
-            k, cat_filter, n_use, exclude_seen = _options(
-                s, k, category_filter, neighbors, exclude_session_items, candidates)
+            k, *options = _options(s, k, category_filter, neighbors, exclude_session_items,
+                                   candidates, categories, max_candidates)
         ids = s.bundle.ids
         known, unknown = ids.known(ids.coerce(session, keep_last=s.limits.session_history))
         excluded = _rows(s, exclude, "exclude")
         allowed = None if allow is None else _rows(s, allow, "allow")
-        return CallPlan(k, cat_filter, n_use, exclude_seen, known, unknown,
-                        known[-s.max_length:], excluded, allowed, s)
+        return CallPlan(k, *options, known, unknown, known[-s.max_length:], excluded, allowed,
+                        s)
 
     def run(self, plan: CallPlan, outputs: EncoderOutputs | None = None) -> Recommendation:
         """Stages 4-6 of :meth:`recommend` for a plan; ``outputs``: the encoder's outputs
@@ -308,14 +323,21 @@ class Recommender:
         excluded = plan.excluded
         if plan.exclude_session_items:
             excluded = np.concatenate([excluded, plan.known]) if excluded.size else plan.known
-        allowed_cats = None
+        allowed_cats = top_cats = None
+        if plan.category_filter == "predicted" or plan.candidates == "categories":
+            top_cats = _top_categories(s, outputs, plan.categories)
         if plan.category_filter == "last":
             allowed_cats = s.bundle.item_category[window[-1:]]
         elif plan.category_filter == "session":
             allowed_cats = np.unique(s.bundle.item_category[window])
-        return KernelQuery(seeds=window, query=outputs[s.query_name], k=plan.k,
-                           n_use=plan.neighbors, exclude_seeds=plan.exclude_session_items,
-                           excluded=excluded, allowed=plan.allowed, allowed_cats=allowed_cats)
+        elif plan.category_filter == "predicted":
+            allowed_cats = top_cats
+        n_use, cands = plan.neighbors, None
+        if plan.candidates == "categories":
+            n_use, cands = 0, _category_items(s, top_cats, plan.max_candidates)
+        return KernelQuery(seeds=window, query=outputs[s.query_name], k=plan.k, n_use=n_use,
+                           exclude_seeds=plan.exclude_session_items, excluded=excluded,
+                           allowed=plan.allowed, allowed_cats=allowed_cats, candidates=cands)
 
     def score(self, plan: CallPlan, q: KernelQuery) -> tuple[np.ndarray, np.ndarray, int]:
         """Stage 5: (top rows, their scores, rows scored) from the plan's bundle's kernel."""
@@ -373,7 +395,8 @@ def _check_k(s: _Served, k) -> int:
     return int(min(k, s.n_items))
 
 
-def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, candidates):
+def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, candidates,
+             categories, max_candidates):
     d = s.defaults
     k = _check_k(s, d["k"] if k is None else k)
     cat_filter = d["category_filter"] if category_filter is None else category_filter
@@ -396,7 +419,55 @@ def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, c
     if policy not in CANDIDATE_POLICIES:
         raise ValueError(f"candidates must be one of {CANDIDATE_POLICIES} for this bundle, "
                          f"got {policy!r}")
-    return k, cat_filter, int(n_use), bool(exclude_seen)
+    n_cats, cap = 0, 0
+    if s.category_name is None:
+        if cat_filter == "predicted" or policy == "categories" or categories is not None:
+            raise ValueError("category_filter='predicted', candidates='categories' and "
+                             "categories= need a bundle whose encoder predicts categories "
+                             "(an output of kind category_scores); this one does not")
+    else:
+        n_cats = _int_option("categories", d["categories"] if categories is None else categories,
+                             1, s.n_categories)
+        cap = _int_option("max_candidates", d["max_candidates"] if max_candidates is None
+                          else max_candidates, 1, None)
+        if policy == "categories" and s.bundle.category_indptr is None:
+            raise ValueError("candidates='categories' needs the bundle's category index "
+                             "(category_items_*.npy), which this bundle does not have")
+    return k, cat_filter, int(n_use), bool(exclude_seen), policy, n_cats, cap
+
+
+def _int_option(name: str, v, lo: int, hi: int | None) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v < lo or (hi is not None and v > hi):
+        raise ValueError(f"{name} must be in [{lo}, {hi if hi is not None else 'inf'}] for "
+                         f"this bundle, got {v}")
+    return int(v)
+
+
+def _top_categories(s: _Served, outputs: EncoderOutputs, n: int) -> np.ndarray:
+    """The ``n`` categories with the highest predicted scores (ties: the smaller id)."""
+    scores = outputs[s.category_name]
+    if scores.size != s.n_categories:
+        raise CorruptFileError(f"{s.bundle.encoder_path}: the encoder returned "
+                               f"{scores.size} category scores for {s.category_name!r}; the "
+                               f"bundle has n_categories={s.n_categories}")
+    return np.argsort(-scores, kind="stable")[:n].astype(np.int32)
+
+
+def _category_items(s: _Served, cats: np.ndarray, cap: int) -> np.ndarray:
+    """The rows of ``cats`` in that order, most popular first within each, at most ``cap``
+    (the work of a call stays bounded whatever the categories hold)."""
+    indptr, items = s.bundle.category_indptr, s.bundle.category_items
+    parts, total = [], 0
+    for c in cats.tolist():
+        take = min(int(indptr[c + 1] - indptr[c]), cap - total)
+        if take > 0:
+            parts.append(items[indptr[c]:indptr[c] + take])
+            total += take
+        if total >= cap:
+            break
+    return np.concatenate(parts) if parts else _NO_ROWS
 
 
 def _encoder_rows(s: _Served, window: np.ndarray) -> np.ndarray:

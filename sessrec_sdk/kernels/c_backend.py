@@ -82,6 +82,9 @@ class CKernel:
         cq.excluded, cq.n_excluded = excluded, len(q.excluded)
         cq.allowed, cq.n_allowed = allowed_buf, -1 if allowed is None else len(allowed)
         cq.query, cq.k = query, k
+        extra = q.candidates
+        cands_buf = ffi.NULL if extra is None or not len(extra) else _buf(_I32, extra)
+        cq.candidates, cq.n_candidates = cands_buf, 0 if extra is None else len(extra)
         n = _top_k(self._catalog, cq, sc, _buf(_I32, out_rows, require_writable=True),
                    _buf(_F32, out_scores, require_writable=True), n_cand)
         if n == ERR_NEIGHBOR_RANGE:

@@ -43,7 +43,7 @@ def check_query(cat: CatalogArrays, q: KernelQuery) -> None:
 def check_rows(q: KernelQuery, n_items: int) -> None:
     """Raise RowRangeError unless every row of ``q`` is in [0, n_items) (the numpy twin of
     the C kernel's own check)."""
-    for rows in (q.seeds, q.excluded, q.allowed):
+    for rows in (q.seeds, q.candidates, q.excluded, q.allowed):
         if rows is not None and rows.size:
             bad = (rows < 0) | (rows >= n_items)
             if bad.any():
@@ -75,6 +75,8 @@ class KernelQuery(NamedTuple):
     excluded: np.ndarray              # int32 rows never returned
     allowed: np.ndarray | None        # int32 allow-list of rows, None = all
     allowed_cats: np.ndarray | None   # int32 categories kept, None = no category filter
+    candidates: np.ndarray | None = None  # int32 further candidate rows, merged after the
+    #                                       neighbor rows (items of predicted categories)
 
 
 class Scratch:

@@ -100,7 +100,7 @@ def _first_out_of_range(rows, n_items):
 
 @numba.njit(cache=True, nogil=True)
 def sr_top_k(matrix, half_table, bias, has_bias, neighbors, n_use, seeds, exclude_seeds,
-             categories, allowed_cats, use_cats, excluded, allowed, use_allowed, query,
+             categories, allowed_cats, use_cats, cands, excluded, allowed, use_allowed, query,
              seen, allow_mark, epoch, k, out_rows, out_scores):
     """Returns (n results, n scored); n = -1 and out_rows[0] = item row on a bad neighbor id,
     n = -2 and out_rows[0] = the row if a seed/excluded/allowed row is out of range."""
@@ -111,6 +111,8 @@ def sr_top_k(matrix, half_table, bias, has_bias, neighbors, n_use, seeds, exclud
     if k <= 0:
         return 0, 0
     bad = _first_out_of_range(seeds, n_items)
+    if bad == 0:
+        bad = _first_out_of_range(cands, n_items)
     if bad == 0:
         bad = _first_out_of_range(excluded, n_items)
     if bad == 0:
@@ -125,10 +127,15 @@ def sr_top_k(matrix, half_table, bias, has_bias, neighbors, n_use, seeds, exclud
             seen[seeds[i]] = epoch
     for i in range(allowed.shape[0]):
         allow_mark[allowed[i]] = epoch
-    start = 0 if exclude_seeds else -1
-    for s in range(seeds.shape[0]):
-        for t in range(start, n_use):
-            c = seeds[s] if t < 0 else neighbors[seeds[s], t]
+    n_seeds = seeds.shape[0]
+    for s in range(n_seeds + (1 if cands.shape[0] > 0 else 0)):
+        from_seed = s < n_seeds
+        start = 0 if exclude_seeds or not from_seed else -1
+        for t in range(start, n_use if from_seed else cands.shape[0]):
+            if not from_seed:
+                c = cands[t]
+            else:
+                c = seeds[s] if t < 0 else neighbors[seeds[s], t]
             if c < 0 or c >= n_items:
                 if c == -1:
                     continue
@@ -205,7 +212,8 @@ class NumbaKernel:
             self._matrix, _HALF_TABLE, self._bias, self._cat.bias is not None,
             self._cat.neighbors, q.n_use, q.seeds, q.exclude_seeds,
             self._categories, _EMPTY_I32 if q.allowed_cats is None else q.allowed_cats,
-            q.allowed_cats is not None, q.excluded,
+            q.allowed_cats is not None,
+            _EMPTY_I32 if q.candidates is None else q.candidates, q.excluded,
             _EMPTY_I32 if q.allowed is None else q.allowed, q.allowed is not None, q.query,
             scratch.seen, scratch.allow_mark, np.uint32(scratch.next_epoch()), k,
             out_rows, out_scores)

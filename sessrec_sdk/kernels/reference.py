@@ -46,6 +46,8 @@ def candidate_rows(cat: CatalogArrays, q: KernelQuery) -> np.ndarray:
     cands = block.ravel()
     if not q.exclude_seeds:
         cands = np.concatenate([q.seeds, cands])
+    if q.candidates is not None:
+        cands = np.concatenate([cands, q.candidates])
     cands = np.unique(cands[cands >= 0])
     removed = q.excluded if not q.exclude_seeds else np.concatenate([q.excluded, q.seeds])
     cands = cands[~np.isin(cands, removed)]
