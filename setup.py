@@ -32,6 +32,10 @@ class OptionalBuildExt(build_ext):
 EXPORT = ["torch>=2.4,<3", "onnx>=1.16", "onnxscript>=0.2", "tqdm>=4.60", "pandas>=2.0",
           "pyarrow>=14", "matplotlib>=3.7", "scipy>=1.11"]
 
+SERVICE = ["fastapi>=0.110", "uvicorn>=0.29", "uvicorn-worker>=0.2", "gunicorn>=22",
+           "uvloop>=0.19; sys_platform != 'win32'", "httptools>=0.6",
+           "prometheus_client>=0.20", "httpx>=0.27", "sniffio>=1.3"]
+
 # Metadata lives in pyproject.toml ([project]); this file adds what only setup.py can:
 # the optional cffi build of the C kernels and the extras (declared dynamic there).
 setup(
@@ -42,6 +46,8 @@ setup(
         "numba": ["numba>=0.59"],
         "export": EXPORT,
         "bench": ["faiss-cpu>=1.8", "matplotlib>=3.7", "psutil>=5.9"],
+        # the host service in examples/service (docs/serving.md) and its test's client
+        "service": SERVICE,
     },
     cffi_modules=["csrc/build_kernels.py:ffi"],
     cmdclass={"build_ext": OptionalBuildExt},

@@ -16,6 +16,6 @@ if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ] || [ pyproject.toml -nt "$stam
     .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
     # every extra, plus the repository's dev tools (a dependency group, pip >= 25.1);
     # constraints.txt pins the CPU build of torch
-    .venv/bin/python -m pip install -q -c constraints.txt -e '.[export,numba,bench]' --group dev
+    .venv/bin/python -m pip install -q -c constraints.txt -e '.[export,numba,bench,service]' --group dev
     touch "$stamp"
 fi
