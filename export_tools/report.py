@@ -7,6 +7,12 @@ One table of every row of every file, both protocols (rows sorted by protocol, t
 file order); a baseline row (``popularity``, ``transition``) that several files measured
 identically on the same examples is listed once. ``--methods`` keeps only rows whose
 method matches one of the given shell patterns (e.g. ``'*/full*' '*/sdk'``).
+
+    python -m export_tools.report --fill docs/evaluation.md
+
+regenerates, in place, every block of a markdown file between a line
+``<!-- report: JSON... [--methods PATTERN...] -->`` and the next ``<!-- /report -->``
+(paths relative to the repository root, the current directory).
 """
 from __future__ import annotations
 
@@ -64,13 +70,46 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def table(argv: list[str]) -> str:
     p = argparse.ArgumentParser(prog="python -m export_tools.report",
                                 description=__doc__.split("\n")[0])
     p.add_argument("json", nargs="+", help="sessrec evaluate --json outputs")
     p.add_argument("--methods", nargs="*", help="shell patterns of the methods to keep")
     args = p.parse_args(argv)
-    print(markdown(rows_of(load(args.json), args.methods)))
+    return markdown(rows_of(load(args.json), args.methods))
+
+
+def fill(path: str | Path) -> int:
+    """Regenerate the report blocks of a markdown file; returns how many."""
+    import shlex
+
+    lines = Path(path).read_text().splitlines()
+    out, n, i = [], 0, 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        i += 1
+        if line.startswith("<!-- report:") and line.rstrip().endswith("-->"):
+            argv = shlex.split(line.strip()[len("<!-- report:"):-len("-->")])
+            while i < len(lines) and lines[i].strip() != "<!-- /report -->":
+                i += 1
+            if i == len(lines):
+                raise ValueError(f"{path}: block {line!r} has no <!-- /report --> line")
+            out.extend(table(argv).splitlines())
+            n += 1
+    Path(path).write_text("\n".join(out) + "\n")
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--fill"]:
+        for path in argv[1:]:
+            print(f"{path}: {fill(path)} tables regenerated")
+        return 0
+    print(table(argv))
     return 0
 
 

@@ -33,8 +33,8 @@ from export_tools.models.base import Batch, SessionModel
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "diginetica"
 N_ITEMS = 500  # the slice keeps events on the most popular training items
-N_TRAIN = 3000  # sessions of the training slice
-N_HELDOUT = 600  # the following sessions: the held-out slice
+N_TRAIN = 2000  # sessions of the training slice
+N_HELDOUT = 500  # the following sessions: the held-out slice
 #: The fast preset, shrunk for test speed (applied to every model; a model whose fast
 #: preset cannot take these values would say so here).
 SHRINK = {"dim": 32, "batch_size": 128, "epochs": 2, "patience": 2}
