@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -365,6 +366,11 @@ def _check_defaults(d: Any, manifest: dict[str, Any], where: Path) -> None:
     if d["candidates"] == "categories" and CATEGORY_INDPTR not in manifest["files"]:
         raise CorruptFileError(f"{where}: defaults.candidates='categories' needs "
                                f"{CATEGORY_INDPTR}")
+    bonus = d.get("repeat_bonus", 0.0)
+    if isinstance(bonus, bool) or not isinstance(bonus, (int, float)) or not (
+            math.isfinite(bonus) and abs(bonus) <= 1e6):
+        raise CorruptFileError(f"{where}: defaults.repeat_bonus must be a finite number with "
+                               f"abs(x) <= 1e6, got {bonus!r}")
     n_cats = manifest.get("n_categories", 0)
     for key in CATEGORY_DEFAULT_KEYS if head else ():
         v = d.get(key)

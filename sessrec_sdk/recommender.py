@@ -93,7 +93,7 @@ class _Served:
         self.n_items: int = m["n_items"]
         self.width: int = m["neighbors_per_item"]
         self._local = threading.local()
-        k, *rest = _options(self, None, None, None, None, None, None, None)
+        k, *rest = _options(self, None, None, None, None, None, None, None, None)
         self.default_options_k, self.default_options = k, tuple(rest)
 
     def popularity_rank(self) -> np.ndarray:
@@ -127,6 +127,7 @@ class CallPlan(NamedTuple):
     candidates: str                # the candidate policy
     categories: int                # top predicted categories used (0: no category head)
     max_candidates: int            # cap on the "categories" policy's candidates
+    repeat_bonus: float            # added to a session item's score when it may be returned
     known: np.ndarray              # int32 rows of the known session ids, oldest first
     unknown: int                   # session ids not in the catalog
     window: np.ndarray             # the last max_session_length rows of ``known``
@@ -223,6 +224,7 @@ class Recommender:
         candidates: CandidatePolicy | None = None,
         categories: int | None = None,
         max_candidates: int | None = None,
+        repeat_bonus: float | None = None,
     ) -> Recommendation:
         """The top ``k`` next items for ``session`` (external ids, oldest first).
 
@@ -230,7 +232,10 @@ class Recommender:
         ``category_filter``: "last" (same category as the last item), "session" (as any
         session item), "predicted" (the top ``categories`` predicted categories) or "none";
         ``neighbors``: neighbors per session item merged into the candidates (<= the
-        bundle's K); ``exclude_session_items``: never return items of the session;
+        bundle's K); ``exclude_session_items``: never return items of the session; when
+        False, every session item (of the last ``Limits.session_history`` ids) is a
+        candidate too, scored by the model plus ``repeat_bonus`` (the bundle's default,
+        chosen at export on validation sessions; 0 if it has none);
         ``exclude``/``allow``: business rules, ids never to return / the only ids that may
         be returned (unknown ids in them are ignored); ``candidates``: "neighbors" (the
         neighbor rows of the session items) or "categories" (the items of the top
@@ -242,7 +247,8 @@ class Recommender:
                                   neighbors=neighbors,
                                   exclude_session_items=exclude_session_items,
                                   exclude=exclude, allow=allow, candidates=candidates,
-                                  categories=categories, max_candidates=max_candidates))
+                                  categories=categories, max_candidates=max_candidates,
+                                  repeat_bonus=repeat_bonus))
 
     def recommend_many(self, sessions: Iterable[Ids], k: int | None = None,
                        **options: Any) -> list[Recommendation]:
@@ -271,17 +277,19 @@ class Recommender:
         candidates: CandidatePolicy | None = None,
         categories: int | None = None,
         max_candidates: int | None = None,
+        repeat_bonus: float | None = None,
     ) -> CallPlan:
         """Stages 1-3 of :meth:`recommend` (same arguments): options checked, ids mapped,
         the window chosen. Raises what ``recommend`` raises for bad arguments."""
         s = self._served  # read once: a concurrent reload() never mixes two bundles
         if (category_filter is None and neighbors is None and exclude_session_items is None
-                and candidates is None and categories is None and max_candidates is None):
+                and candidates is None and categories is None and max_candidates is None
+                and repeat_bonus is None):
             options = s.default_options  # the common call: defaults validated at load
             k = s.default_options_k if k is None else _check_k(s, k)
         else:
             k, *options = _options(s, k, category_filter, neighbors, exclude_session_items,
-                                   candidates, categories, max_candidates)
+                                   candidates, categories, max_candidates, repeat_bonus)
         ids = s.bundle.ids
         known, unknown = ids.known(ids.coerce(session, keep_last=s.limits.session_history))
         excluded = _rows(s, exclude, "exclude")
@@ -303,6 +311,11 @@ class Recommender:
         if not float(query.dot(query)) <= _MAX_QUERY_SQUARED:  # also False for NaN
             return _popular(s, plan, "nonfinite_query")
         top_rows, scores, n_cand = self.score(plan, self.kernel_query(plan, outputs))
+        if not plan.exclude_session_items:  # the session's own items, with the repeat bonus
+            r_rows, r_scores, r_cand = self.score(plan, self.repeat_query(plan, outputs))
+            top_rows, scores = _merge(top_rows, scores, r_rows,
+                                      r_scores + np.float32(plan.repeat_bonus), plan.k)
+            n_cand += r_cand
         if not math.isfinite(scores.sum()):  # rows of an unverified, damaged bundle
             return _popular(s, plan, "nonfinite_scores")
         if top_rows.size == 0:
@@ -318,11 +331,12 @@ class Recommender:
         return _encode(plan.served, plan.window)
 
     def kernel_query(self, plan: CallPlan, outputs: EncoderOutputs) -> KernelQuery:
-        """Stage 5's input: what the kernel merges, filters and scores for this plan."""
+        """Stage 5's input: what the kernel merges, filters and scores for this plan. The
+        session's items are never among its candidates: when they may be returned,
+        :meth:`repeat_query` scores them in a second kernel call."""
         s, window = plan.served, plan.window
         excluded = plan.excluded
-        if plan.exclude_session_items:
-            excluded = np.concatenate([excluded, plan.known]) if excluded.size else plan.known
+        excluded = np.concatenate([excluded, plan.known]) if excluded.size else plan.known
         allowed_cats = top_cats = None
         if plan.category_filter == "predicted" or plan.candidates == "categories":
             top_cats = _top_categories(s, outputs, plan.categories)
@@ -336,8 +350,16 @@ class Recommender:
         if plan.candidates == "categories":
             n_use, cands = 0, _category_items(s, top_cats, plan.max_candidates)
         return KernelQuery(seeds=window, query=outputs[s.query_name], k=plan.k, n_use=n_use,
-                           exclude_seeds=plan.exclude_session_items, excluded=excluded,
-                           allowed=plan.allowed, allowed_cats=allowed_cats, candidates=cands)
+                           exclude_seeds=True, excluded=excluded, allowed=plan.allowed,
+                           allowed_cats=allowed_cats, candidates=cands)
+
+    def repeat_query(self, plan: CallPlan, outputs: EncoderOutputs) -> KernelQuery:
+        """The session's own items as candidates (when ``exclude_session_items`` is False),
+        under the same rules and category filter; ``run`` adds the repeat bonus to their
+        scores and merges them with the main call's."""
+        main = self.kernel_query(plan, outputs)
+        return main._replace(seeds=plan.known, n_use=0, exclude_seeds=False,
+                             excluded=plan.excluded, candidates=None)
 
     def score(self, plan: CallPlan, q: KernelQuery) -> tuple[np.ndarray, np.ndarray, int]:
         """Stage 5: (top rows, their scores, rows scored) from the plan's bundle's kernel."""
@@ -396,7 +418,7 @@ def _check_k(s: _Served, k) -> int:
 
 
 def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, candidates,
-             categories, max_candidates):
+             categories, max_candidates, repeat_bonus):
     d = s.defaults
     k = _check_k(s, d["k"] if k is None else k)
     cat_filter = d["category_filter"] if category_filter is None else category_filter
@@ -433,7 +455,22 @@ def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, c
         if policy == "categories" and s.bundle.category_indptr is None:
             raise ValueError("candidates='categories' needs the bundle's category index "
                              "(category_items_*.npy), which this bundle does not have")
-    return k, cat_filter, int(n_use), bool(exclude_seen), policy, n_cats, cap
+    bonus = d.get("repeat_bonus", 0.0) if repeat_bonus is None else repeat_bonus
+    if isinstance(bonus, bool) or not isinstance(bonus, (int, float, np.integer, np.floating)):
+        raise TypeError(f"repeat_bonus must be a number, got {type(bonus).__name__}")
+    if not (math.isfinite(bonus) and abs(bonus) <= 1e6):
+        raise ValueError(f"repeat_bonus must be finite with abs(x) <= 1e6, got {bonus}")
+    return k, cat_filter, int(n_use), bool(exclude_seen), policy, n_cats, cap, float(bonus)
+
+
+def _merge(rows_a: np.ndarray, scores_a: np.ndarray, rows_b: np.ndarray,
+           scores_b: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` of two candidate lists, by score, ties by the smaller row (the
+    kernels' order, so every backend merges alike)."""
+    rows = np.concatenate([rows_a, rows_b])
+    scores = np.concatenate([scores_a, scores_b]).astype(np.float32, copy=False)
+    order = np.lexsort((rows, -scores))[:k]
+    return rows[order], scores[order]
 
 
 def _int_option(name: str, v, lo: int, hi: int | None) -> int:

@@ -250,6 +250,10 @@ def test_write_refuses_to_overwrite_and_is_atomic(tmp_path):
     ("exclude_session_items", "yes", "defaults.exclude_session_items"),
     ("candidates", "everything", "defaults.candidates"),
     ("category_filter", "brand", "defaults.category_filter"),
+    ("category_filter", "predicted", "predicts categories"),
+    ("candidates", "categories", "predicts categories"),
+    ("repeat_bonus", "0.5", "defaults.repeat_bonus"),
+    ("repeat_bonus", 1e300, "defaults.repeat_bonus"),
     ("k", None, "defaults miss"),  # None: the key is deleted
 ])
 def test_bad_manifest_defaults_fail_at_load(bundle_copy, key, value, message):

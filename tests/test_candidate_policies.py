@@ -274,3 +274,60 @@ def test_damaged_category_index_is_refused_at_every_load(cat_bundle, tmp_path, e
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(CorruptFileError, match=match):
         Recommender.load(b, verify=verify)
+
+
+# ---------------------------------------------------------------- repeats
+
+
+def _oracle_repeats(rec, session, k, bonus, **kwargs):
+    """One pass over neighbors-of-the-window plus every session item, the session items
+    scored + bonus, ranked by (score, row): what the two kernel calls must add up to."""
+    from sessrec_sdk.kernels.reference import lane_dot
+
+    b = rec.bundle
+    plan = rec.plan(session, k, exclude_session_items=False, repeat_bonus=bonus, **kwargs)
+    q = rec.query(session)
+    known = set(plan.known.tolist())
+    nb = np.asarray(b.neighbors)[plan.window, :plan.neighbors].ravel()
+    excluded = set(plan.excluded.tolist())
+    cands = sorted(({int(c) for c in nb if c >= 0} | known) - excluded)
+    if plan.category_filter == "last":
+        keep = set(np.asarray(b.item_category)[plan.window[-1:]].tolist())
+        cands = [c for c in cands if b.item_category[c] in keep]
+    scores = lane_dot(np.asarray(b.item_matrix)[cands], q)
+    scores = np.where(np.isin(cands, list(known)), scores + np.float32(bonus), scores)
+    order = np.lexsort((np.array(cands), -scores.astype(np.float32)))[:k]
+    return rec.item_ids[np.array(cands)[order]].tolist(), scores[order].astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_session_items_compete_with_a_repeat_bonus(small_bundle, backend):
+    rec = Recommender.load(small_bundle, backend=backend)
+    ids = rec.item_ids
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        session = ids[rng.integers(0, len(ids), int(rng.integers(1, 12)))].tolist()
+        bonus = float(rng.choice([0.0, 0.05, 0.5, 5.0, -0.3]))
+        kwargs = {"category_filter": str(rng.choice(["none", "last"])),
+                  "exclude": ids[rng.integers(0, len(ids), 3)].tolist()}
+        out = rec.recommend(session, k=12, exclude_session_items=False, repeat_bonus=bonus,
+                            **kwargs)
+        want_ids, want_scores = _oracle_repeats(rec, session, 12, bonus, **kwargs)
+        assert out.item_ids.tolist() == want_ids
+        assert out.scores.view(np.uint32).tolist() == want_scores.view(np.uint32).tolist()
+    # a large bonus puts the session's items first, most recent-looking by model score
+    session = ids[[3, 8, 13, 21, 34]].tolist()
+    out = rec.recommend(session, k=5, exclude_session_items=False, repeat_bonus=100.0,
+                        category_filter="none")
+    assert set(out.item_ids.tolist()) == set(session)
+    # items older than the encoder's window are repeat candidates too
+    assert ids[3] in out.item_ids.tolist()
+
+
+def test_repeat_bonus_option_is_checked(small_bundle):
+    rec = Recommender.load(small_bundle)
+    s = np.load(small_bundle / "item_ids.npy")[:3].tolist()
+    for bad, exc in ((float("nan"), ValueError), (1e9, ValueError), ("1", TypeError),
+                     (True, TypeError)):
+        with pytest.raises(exc, match="repeat_bonus"):
+            rec.recommend(s, exclude_session_items=False, repeat_bonus=bad)
