@@ -442,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--p90-target-ms", type=float, default=5.0)
+    ap.add_argument("--keep-going", action="store_true",
+                    help="run every rate even after one saturated the server")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--doc", help="markdown file whose loadtest markers get the table")
     ap.add_argument("--label", default="", help="a note stored with the results")
@@ -492,6 +494,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"errors {row['errors']}  cpu client {row['cpu_client']:.2f} workers "
                   f"{row['cpu_workers']:.2f} others {row['cpu_others']:.2f}  load "
                   f"{row['loadavg_1m_after']:.2f}", flush=True)
+            if row["achieved_rps"] < 0.9 * rate and not args.keep_going:
+                print("under 90% of the offered rate achieved: the server is saturated, "
+                      "higher rates skipped (--keep-going runs them)", flush=True)
+                break
     finally:
         if server is not None:
             server.stop()
