@@ -62,7 +62,6 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
 
 from sessrec_sdk import BundleError, Recommender
 
@@ -258,9 +257,12 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
+def _dumps(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
 def _json(status: int, payload: dict[str, Any]) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status,
-                    media_type="application/json")
+    return Response(_dumps(payload), status, media_type="application/json")
 
 
 def _error(endpoint: str, status: int, message: str) -> Response:
@@ -277,7 +279,7 @@ def _watch(stop: threading.Event) -> None:
 
 
 @contextlib.asynccontextmanager
-async def lifespan(app: FastAPI):
+async def lifespan(api: FastAPI):
     # runs in each worker, after the fork: per-process gauges and the watcher thread
     SERVED.publish()
     stop = threading.Event()
@@ -292,22 +294,10 @@ async def lifespan(app: FastAPI):
         watcher.join(timeout=5)
 
 
-app = FastAPI(title="sessrec", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+api = FastAPI(title="sessrec", lifespan=lifespan, docs_url="/docs", redoc_url=None)
 
 
-async def _read_json(request: Request, empty: Any = None) -> Any:
-    """The request body as JSON, read up to MAX_BODY bytes (``empty``: the value of an
-    empty body, None = an error)."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY:
-        raise ApiError(413, f"request body of {length} bytes; at most {MAX_BODY} accepted")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise ApiError(413, f"request body over {MAX_BODY} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+def _decode(body: bytes, empty: Any = None) -> Any:
     if not body:
         if empty is not None:
             return empty
@@ -316,6 +306,24 @@ async def _read_json(request: Request, empty: Any = None) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}") from None
+
+
+def _check_length(length: str | None) -> None:
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        raise ApiError(413, f"request body of {length} bytes; at most {MAX_BODY} accepted")
+
+
+async def _read_json(request: Request, empty: Any = None) -> Any:
+    """The request body as JSON, read up to MAX_BODY bytes (``empty``: the value of an
+    empty body, None = an error)."""
+    _check_length(request.headers.get("content-length"))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, f"request body over {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return _decode(b"".join(chunks), empty)
 
 
 def _parse(payload: Any) -> tuple[Any, Any, dict[str, Any]]:
@@ -336,57 +344,123 @@ def _parse(payload: Any) -> tuple[Any, Any, dict[str, Any]]:
     return payload["session"], payload.get("k"), options
 
 
-@app.post("/recommend", openapi_extra={"requestBody": {"required": True, "content": {
+def answer(body: bytes, t0: float) -> tuple[int, bytes]:
+    """POST /recommend for a request body: (HTTP status, JSON bytes). Counts the request
+    in the metrics. Runs on the event loop (no thread pool): recommend() takes well under
+    a millisecond and one worker process uses one core, so a thread hop would cost more
+    than it saves."""
+    try:
+        session, k, options = _parse(_decode(body))
+        cur = SERVED.current  # read once: one bundle for the whole request
+        t1 = time.perf_counter()
+        out = cur.rec.recommend(session, k, **options)
+        RECOMMEND_SECONDS.observe(time.perf_counter() - t1)
+    except ApiError as exc:
+        status, message = exc.status, exc.message
+    except TypeError as exc:
+        status, message = 422, str(exc)
+    except ValueError as exc:
+        status, message = 400, str(exc)
+    except BundleError as exc:
+        log.error("bundle error: %s", exc)
+        status, message = 503, f"bundle error: {exc}"
+    else:
+        if out.fallback is not None:
+            FALLBACKS.labels(out.fallback).inc()
+        if out.unknown:
+            UNKNOWN_IDS.inc(out.unknown)
+        CANDIDATES.observe(out.n_candidates)
+        data = _dumps({"ids": out.item_ids.tolist(), "scores": out.scores.tolist(),
+                       "fallback": out.fallback, "unknown": out.unknown,
+                       "n_candidates": out.n_candidates, "bundle": cur.version})
+        REQUESTS.labels("recommend", "200").inc()
+        REQUEST_SECONDS.observe(time.perf_counter() - t0)
+        return 200, data
+    REQUESTS.labels("recommend", str(status)).inc()
+    return status, _dumps({"error": message})
+
+
+@api.post("/recommend", openapi_extra={"requestBody": {"required": True, "content": {
     "application/json": {"schema": {
         "type": "object", "required": ["session"],
         "properties": {"session": {"type": "array", "items": {}},
                        "k": {"type": "integer", "minimum": 1},
                        "options": {"type": "object"}}}}}}})
 async def recommend(request: Request) -> Response:
-    # Runs on the event loop (no thread pool): recommend() takes well under a millisecond
-    # and one worker process uses one core; a thread hop would cost more than it saves.
+    """The session's top k items (see the module doc). In the served app, ``app`` below
+    answers this path before FastAPI sees it; this route documents it in /docs and
+    answers the same when ``api`` is mounted on its own."""
     t0 = time.perf_counter()
     try:
-        session, k, options = _parse(await _read_json(request))
-        cur = SERVED.current  # read once: one bundle for the whole request
-        t1 = time.perf_counter()
-        out = cur.rec.recommend(session, k, **options)
-        RECOMMEND_SECONDS.observe(time.perf_counter() - t1)
+        _check_length(request.headers.get("content-length"))
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            raise ApiError(413, f"request body over {MAX_BODY} bytes")
     except ApiError as exc:
         return _error("recommend", exc.status, exc.message)
-    except TypeError as exc:
-        return _error("recommend", 422, str(exc))
-    except ValueError as exc:
-        return _error("recommend", 400, str(exc))
-    except BundleError as exc:
-        log.error("bundle error: %s", exc)
-        return _error("recommend", 503, f"bundle error: {exc}")
-    if out.fallback is not None:
-        FALLBACKS.labels(out.fallback).inc()
-    if out.unknown:
-        UNKNOWN_IDS.inc(out.unknown)
-    CANDIDATES.observe(out.n_candidates)
-    body = {"ids": out.item_ids.tolist(), "scores": out.scores.tolist(),
-            "fallback": out.fallback, "unknown": out.unknown,
-            "n_candidates": out.n_candidates, "bundle": cur.version}
-    response = _json(200, body)
-    REQUESTS.labels("recommend", "200").inc()
-    REQUEST_SECONDS.observe(time.perf_counter() - t0)
-    return response
+    status, data = answer(body, t0)
+    return Response(data, status, media_type="application/json")
 
 
-# The same endpoint as a plain Starlette route, matched before FastAPI's: it skips
-# FastAPI's per-request dependency solving (about 0.1 ms of CPU per request here, a fifth of
-# the service's own cost; docs/serving.md). The FastAPI route above stays for /docs.
-app.router.routes.insert(0, Route("/recommend", recommend, methods=["POST"]))
+class _Disconnected(Exception):
+    pass
 
 
-@app.get("/health")
+async def _asgi_body(scope, receive) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            _check_length(value.decode("latin-1"))
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, f"request body over {MAX_BODY} bytes")
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+_JSON_HEADER = (b"content-type", b"application/json")
+
+
+async def app(scope, receive, send) -> None:
+    """The ASGI app: POST /recommend straight to :func:`answer`, the rest to FastAPI.
+
+    Going around FastAPI and Starlette (routing, middleware, Request and Response objects)
+    saves about a third of the service's own CPU per request here (docs/serving.md, "Where
+    the time goes"), which on a 2-core machine is throughput. The answers, status codes
+    and metrics are those of the FastAPI route above (the same function makes them)."""
+    if scope["type"] == "http" and scope["path"] == "/recommend" \
+            and scope["method"] == "POST":
+        t0 = time.perf_counter()
+        try:
+            status, data = answer(await _asgi_body(scope, receive), t0)
+        except _Disconnected:
+            return
+        except ApiError as exc:
+            REQUESTS.labels("recommend", str(exc.status)).inc()
+            status, data = exc.status, _dumps({"error": exc.message})
+        except Exception as exc:  # noqa: BLE001 - a bug: logged, a 500 without traceback
+            log.exception("unhandled error on /recommend")
+            REQUESTS.labels("recommend", "500").inc()
+            status, data = 500, _dumps({"error": f"internal error ({type(exc).__name__})"})
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [_JSON_HEADER, (b"content-length", b"%d" % len(data))]})
+        await send({"type": "http.response.body", "body": data})
+        return
+    await api(scope, receive, send)
+
+
+@api.get("/health")
 async def health() -> Response:
     return _json(200, SERVED.info())
 
 
-@app.post("/reload")
+@api.post("/reload")
 async def reload(request: Request) -> Response:
     """``{"path": P}``: load P and switch to it (and repoint SESSREC_BUNDLE if it is a
     symlink, so that every worker follows); no body: follow SESSREC_BUNDLE's current
@@ -416,7 +490,7 @@ async def reload(request: Request) -> Response:
     return _json(200, result)
 
 
-@app.get("/metrics")
+@api.get("/metrics")
 async def metrics() -> Response:
     if MULTIPROCESS:
         registry = CollectorRegistry()
@@ -428,17 +502,17 @@ async def metrics() -> Response:
 
 
 # Every error is JSON with a message; none shows a traceback.
-@app.exception_handler(StarletteHTTPException)
+@api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     return _json(exc.status_code, {"error": str(exc.detail)})
 
 
-@app.exception_handler(RequestValidationError)
+@api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
     return _json(422, {"error": str(exc.errors())})
 
 
-@app.exception_handler(Exception)
+@api.exception_handler(Exception)
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s", request.url.path)
     return _json(500, {"error": f"internal error ({type(exc).__name__})"})
