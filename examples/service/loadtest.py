@@ -390,6 +390,8 @@ async def measure(url: str, bodies: list[bytes], rate: float, args) -> dict:
         "worker_pids": pids,
     })
     row["cpu_others"] = max(row["cpu_machine"] - row["cpu_client"] - row["cpu_workers"], 0.0)
+    row["worker_cpu_ms_per_request"] = (1e3 * row["cpu_workers"] * wall
+                                        / max(row["ok"] + row["errors"], 1))
     row["held"] = bool(row["errors"] == 0 and row["achieved_rps"] >= 0.97 * rate
                        and row["p90_ms"] <= args.p90_target_ms)
     return row
@@ -401,8 +403,9 @@ async def measure(url: str, bodies: list[bytes], rate: float, args) -> dict:
 def table(rows: list[dict]) -> str:
     head = ("| offered req/s | achieved req/s | p50 ms | p90 ms | p99 ms | errors "
             "| server handler p50 / p90 ms | recommend() mean / p90 ms "
-            "| CPU client / workers / others (cores) | load avg 1m | held |")
-    lines = [head, "|" + "---|" * 11]
+            "| CPU client / workers / others (cores) | worker CPU ms/request "
+            "| load avg 1m | held |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         h, rc = r["server_handler"] or {}, r["server_recommend"] or {}
         lines.append(
@@ -411,6 +414,7 @@ def table(rows: list[dict]) -> str:
             f"| {h.get('p50_ms', float('nan')):.2f} / {h.get('p90_ms', float('nan')):.2f} "
             f"| {rc.get('mean_ms', float('nan')):.3f} / {rc.get('p90_ms', float('nan')):.2f} "
             f"| {r['cpu_client']:.2f} / {r['cpu_workers']:.2f} / {r['cpu_others']:.2f} "
+            f"| {r['worker_cpu_ms_per_request']:.2f} "
             f"| {r['loadavg_1m_before']:.2f} -> {r['loadavg_1m_after']:.2f} "
             f"| {'yes' if r['held'] else 'no'} |")
     return "\n".join(lines)
