@@ -269,6 +269,8 @@ def test_bad_requests(server, deploy):
             (b"", 400, "empty body"),
             (b"\xff\xfe", 400, "not valid JSON"),
             (b"[1, 2, 3]", 422, "JSON object"),
+            (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+            (b'{"session": [1e400]}', 422, "must be integers"),
             (b'{"k": 3}', 422, 'missing field "session"'),
             (b'{"session": [1], "kk": 3}', 422, "unknown field"),
             (b'{"session": [1], "options": [1]}', 422, '"options" must be'),

@@ -306,6 +306,8 @@ def _decode(body: bytes, empty: Any = None) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "body is not valid JSON: nested too deeply") from None
 
 
 def _check_length(length: str | None) -> None:
