@@ -82,7 +82,11 @@ def problems(draw):
         allowed=(rng.integers(0, n, size=draw(st.integers(0, n))).astype(np.int32)
                  if draw(st.booleans()) else None),
         allowed_cats=(np.unique(rng.integers(0, 4, size=draw(st.integers(0, 3)))
-                                ).astype(np.int32) if draw(st.booleans()) else None))
+                                ).astype(np.int32) if draw(st.booleans()) else None),
+        # further candidate rows after the neighbor rows (candidates="categories"),
+        # repeats and overlaps with the neighbors included
+        candidates=(rng.integers(0, n, size=draw(st.integers(0, 2 * n))).astype(np.int32)
+                    if draw(st.booleans()) else None))
     return cat, q
 
 
@@ -93,6 +97,8 @@ def _oracle(cat: CatalogArrays, q: KernelQuery):
         if not q.exclude_seeds:
             cands.add(int(s))
         cands.update(int(c) for c in cat.neighbors[s, :q.n_use] if c >= 0)
+    if q.candidates is not None:
+        cands.update(q.candidates.tolist())
     cands -= set(q.excluded.tolist())
     if q.exclude_seeds:
         cands -= set(q.seeds.tolist())
@@ -215,7 +221,10 @@ def big_problems(draw):
                  if draw(st.sampled_from([False, False, True])) else None),
         allowed_cats=(np.unique(rng.integers(0, n_cats, size=draw(st.integers(1, 3)))
                                 ).astype(np.int32)
-                      if draw(st.sampled_from([False, False, True])) else None))
+                      if draw(st.sampled_from([False, False, True])) else None),
+        candidates=(rng.integers(0, n, size=draw(st.sampled_from([1, 100, 600, 1500]))
+                                 ).astype(np.int32)
+                    if draw(st.sampled_from([False, False, True])) else None))
     return cat, q
 
 
@@ -277,6 +286,29 @@ def test_batch_boundaries(n_cand, exclude_seeds, half):
         boundary = [order[p] for p in (510, 511, 512, 513, 1022, 1023, 1024, 1025, 1535,
                                        1536, n_cand - 1) if p < n_cand]
         assert set(boundary[-min(k, len(boundary)):]) <= set(rows.tolist())
+
+
+@pytest.mark.parametrize("n_extra", [1, 2, SR_BATCH, 1500])
+def test_further_candidates_alone_and_after_the_neighbors(n_extra):
+    """Explicit candidate rows (candidates="categories"), with and without neighbor rows:
+    a single one, two, a full batch, several batches; every one scored once."""
+    n, dim = 3000, 20
+    rng = np.random.default_rng(n_extra)
+    matrix = rng.standard_normal((n, dim)).astype(np.float32)
+    neighbors = np.full((n, 3), -1, np.int32)
+    neighbors[7] = [1, 2, 3]
+    extra = rng.permutation(np.arange(10, n))[:n_extra].astype(np.int32)
+    cat = CatalogArrays(matrix, neighbors, (np.arange(n) % 4).astype(np.int32), None)
+    for seed, k in ((8, n), (7, n), (7, 3)):  # row 8 has no neighbors: the extras alone
+        q = KernelQuery(seeds=np.array([seed], np.int32),
+                        query=rng.standard_normal(dim).astype(np.float32), k=k, n_use=3,
+                        exclude_seeds=True, excluded=np.empty(0, np.int32), allowed=None,
+                        allowed_cats=None, candidates=extra)
+        rows, _, n_cand = _assert_identical(_all_results(cat, q))
+        expected = set(extra.tolist()) | ({1, 2, 3} if seed == 7 else set())
+        assert n_cand == len(expected)
+        if k == n:
+            assert set(rows.tolist()) == expected
 
 
 @pytest.mark.parametrize("filter_kind", ["categories", "allowed", "excluded"])
