@@ -22,7 +22,8 @@ request and ``duration + 20`` seconds per rate, and reports:
 Sessions: test-set sessions from ``--sessions`` (an event log; each request sends a
 random prefix of a real session), else random sessions of 1-5 catalog ids.
 Results go to ``--json`` and, with ``--doc``, into the table between the markers
-``<!-- loadtest:begin -->`` and ``<!-- loadtest:end -->`` of that markdown file.
+``<!-- loadtest:SECTION:begin -->`` and ``<!-- loadtest:SECTION:end -->`` of that markdown
+file (``--doc-section``, default "results").
 """
 from __future__ import annotations
 
@@ -420,11 +421,12 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def update_doc(doc: Path, text: str) -> None:
+def update_doc(doc: Path, text: str, name: str) -> None:
     content = doc.read_text()
-    pattern = re.compile(r"(<!-- loadtest:begin -->\n).*?(<!-- loadtest:end -->)", re.S)
+    begin, end = f"<!-- loadtest:{name}:begin -->", f"<!-- loadtest:{name}:end -->"
+    pattern = re.compile(f"({re.escape(begin)}\n).*?({re.escape(end)})", re.S)
     if not pattern.search(content):
-        raise SystemExit(f"{doc}: no <!-- loadtest:begin --> / <!-- loadtest:end --> markers")
+        raise SystemExit(f"{doc}: no {begin} / {end} markers")
     doc.write_text(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), content))
 
 
@@ -450,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="run every rate even after one saturated the server")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--doc", help="markdown file whose loadtest markers get the table")
+    ap.add_argument("--doc-section", default="results",
+                    help="the markers are <!-- loadtest:SECTION:begin/end -->")
     ap.add_argument("--label", default="", help="a note stored with the results")
     args = ap.parse_args(argv)
     if not args.bundle and not args.url:
@@ -523,7 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.doc:
-        update_doc(Path(args.doc), f"Run {result['date_utc']} UTC, {args.label}\n\n" + text)
+        update_doc(Path(args.doc), f"Run {result['date_utc']} UTC, {args.label}\n\n" + text
+                   + f"\n\nHighest offered rate held: {result['highest_rate_held']}.\n",
+                   args.doc_section)
     return 0
 
 
