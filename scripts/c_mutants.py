@@ -110,12 +110,26 @@ MUTANTS = [
 ]
 
 
-def copy_tree(work: Path) -> None:
-    ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info", ".hypothesis")
+def tool_sections(pyproject: str) -> str:
+    """The [tool.pytest.*] tables of pyproject.toml only: with the [project]
+    table present, the cffi build run from the copy's root trips over setuptools' package
+    discovery (several top-level packages in a flat layout)."""
+    keep, out = False, []
+    for line in pyproject.splitlines(keepends=True):
+        if line.startswith("["):
+            keep = line.startswith("[tool.pytest")
+        if keep:
+            out.append(line)
+    return "".join(out)
+
+
+def copy_tree(work: Path, with_so: bool = False) -> None:
+    patterns = ["__pycache__", "*.egg-info", ".hypothesis"] + ([] if with_so else ["*.so"])
+    ignore = shutil.ignore_patterns(*patterns)
     for name in ("sessrec_sdk", "csrc", "tests", "export_tools"):
         shutil.copytree(ROOT / name, work / name, ignore=ignore)
-    for name in ("setup.py", "pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, work / name)
+    shutil.copy2(ROOT / "README.md", work / "README.md")
+    (work / "pyproject.toml").write_text(tool_sections((ROOT / "pyproject.toml").read_text()))
 
 
 def build(work: Path, py: str, log: Path) -> bool:

@@ -17,9 +17,13 @@ import argparse
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from c_mutants import copy_tree  # noqa: E402  (same directory)
 
 ROOT = Path(__file__).resolve().parents[1]
 EE = "tests/test_export_evaluate.py"
@@ -84,11 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYTHONPATH=str(work), PYTHONDONTWRITEBYTECODE="1")
     all_caught = True
     try:
-        ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".hypothesis")
-        for name in ("sessrec_sdk", "csrc", "tests", "export_tools"):
-            shutil.copytree(ROOT / name, work / name, ignore=ignore)
-        for name in ("setup.py", "pyproject.toml", "README.md"):
-            shutil.copy2(ROOT / name, work / name)
+        copy_tree(work, with_so=True)
         (work / "data").symlink_to(ROOT / "data")
         for name, why, path, old, new, tests in chosen:
             t0 = time.time()

@@ -21,6 +21,7 @@ from sessrec_sdk.kernels import (
     CatalogArrays,
     KernelQuery,
     NeighborRangeError,
+    RowRangeError,
     Scratch,
     available_backends,
     make_kernel,
@@ -439,14 +440,101 @@ def test_out_of_range_neighbor_is_reported_not_read(backend, bad):
     with pytest.raises(NeighborRangeError) as info:
         make_kernel(cat, backend).top_k(q, Scratch(4))
     assert info.value.item_row == 1
+    assert str(info.value) == "neighbors.npy row 1 holds an item id out of range"
+
+
+def _tiny(categories=True):
+    matrix = np.arange(15, dtype=np.float32).reshape(5, 3)
+    neighbors = np.array([[1, 2], [2, 3], [3, 4], [4, 0], [0, 1]], dtype=np.int32)
+    cats = np.array([0, 1, 0, 1, 0], np.int32) if categories else None
+    q = KernelQuery(seeds=np.array([0], np.int32), query=np.ones(3, np.float32), k=5, n_use=2,
+                    exclude_seeds=True, excluded=np.empty(0, np.int32), allowed=None,
+                    allowed_cats=None)
+    return CatalogArrays(matrix, neighbors, cats, None), q
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("field,bad", [
+    ("seeds", np.array([0, 5], np.int32)), ("seeds", np.array([-1], np.int32)),
+    ("excluded", np.array([5], np.int32)), ("allowed", np.array([1, 5], np.int32)),
+    ("candidates", np.array([2, 5], np.int32)), ("excluded", np.array([-3], np.int32))])
+def test_rows_out_of_range_are_refused_before_any_write(backend, field, bad):
+    cat, q = _tiny()
+    scratch = Scratch(5)
+    with pytest.raises(RowRangeError) as info:
+        make_kernel(cat, backend).top_k(q._replace(**{field: bad}), scratch)
+    assert info.value.row == int(bad[(bad < 0) | (bad >= 5)][0])
+    assert str(info.value) == f"row {info.value.row} is outside the catalog"
+    assert not scratch.seen.any() and not scratch.allow_mark.any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_queries_that_do_not_fit_the_catalog_are_refused(backend):
+    cat, q = _tiny()
+    kernel = make_kernel(cat, backend)
+    for bad in (q._replace(query=np.ones(3, np.float64)),    # wrong dtype only
+                q._replace(query=np.ones(4, np.float32)),    # wrong length only
+                q._replace(n_use=3),                         # more than K neighbors
+                q._replace(n_use=-1)):
+        with pytest.raises(ValueError):
+            kernel.top_k(bad, Scratch(5))
+    no_cats, q = _tiny(categories=False)
+    with pytest.raises(ValueError):
+        make_kernel(no_cats, backend).top_k(q._replace(allowed_cats=np.array([0], np.int32)),
+                                            Scratch(5))
+
+
+def test_refusal_messages_of_the_reference():
+    cat, q = _tiny()
+    with pytest.raises(ValueError, match=r"^query must be float32 \[3\], got float64 \[3\]$"):
+        reference.top_k(cat, q._replace(query=np.ones(3, np.float64)))
+    with pytest.raises(ValueError, match=r"^query must be float32 \[3\], got float32 \[4\]$"):
+        reference.top_k(cat, q._replace(query=np.ones(4, np.float32)))
+    with pytest.raises(ValueError, match=r"^n_use must be in \[0, 2\], got 3$"):
+        reference.top_k(cat, q._replace(n_use=3))
+    no_cats, q = _tiny(categories=False)
+    with pytest.raises(ValueError,
+                       match=r"^a category filter needs a catalog with categories$"):
+        reference.top_k(no_cats, q._replace(allowed_cats=np.array([0], np.int32)))
+
+
+@pytest.mark.parametrize("exclude_seeds", [True, False])
+def test_zero_neighbors_per_item(exclude_seeds):
+    """n_use = 0 is valid: only the seeds themselves (when they may be returned) and the
+    further candidates are scored."""
+    cat, q = _tiny()
+    q = q._replace(seeds=np.array([0, 3], np.int32), n_use=0, exclude_seeds=exclude_seeds,
+                   candidates=np.array([2], np.int32))
+    rows, scores, n = _assert_identical(_all_results(cat, q))
+    assert sorted(rows.tolist()) == ([2] if exclude_seeds else [0, 2, 3])
 
 
 def test_scratch_epoch_wraps_around():
     s = Scratch(3)
+    assert s.seen.dtype == s.allow_mark.dtype == np.uint32  # what the C kernel reads
+    assert s.seen.shape == s.allow_mark.shape == (3,)
     s.seen[:] = 7
+    s.allow_mark[:] = 9
     s.epoch = 0xFFFFFFFF
     assert s.next_epoch() == 1
-    assert not s.seen.any()
+    assert not s.seen.any() and not s.allow_mark.any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_calls_right_after_the_wrap_around(backend):
+    """Stamps of the last epoch before the wrap must not leak into the first after it: an
+    allow-list or exclusion of the old epoch would otherwise apply to the new call."""
+    cat, q = _tiny()
+    kernel = make_kernel(cat, backend)
+    s = Scratch(5)
+    s.epoch = 0xFFFFFFFF - 1
+    kernel.top_k(q._replace(allowed=np.arange(5, dtype=np.int32),
+                            excluded=np.array([1], np.int32)), s)  # stamps epoch 0xFFFFFFFF
+    rows, _, _ = kernel.top_k(q._replace(allowed=np.array([2], np.int32)), s)  # wraps
+    assert rows.tolist() == [2]
+    assert s.epoch == (1 if backend != "numpy" else 0xFFFFFFFF - 1)  # numpy keeps no stamps
+    rows, _, _ = kernel.top_k(q, s)
+    assert sorted(rows.tolist()) == [1, 2]
 
 
 def test_unknown_backend_rejected():
