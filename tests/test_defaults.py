@@ -63,7 +63,7 @@ def test_data_stats_hand_counted():
     # examples (input -> target): [0] -> 1 (same category as the last item, repeat: no),
     # [0, 1] -> 2 (other category), [3] -> 3 (same category, a repeat)
     stats = data_stats([np.array([0, 1, 2]), np.array([3, 3])], catalog, window=3)
-    assert stats["n_examples"] == 3
+    assert stats["n_examples"] == 3 and type(stats["n_examples"]) is int  # a count, unrounded
     assert stats["next_same_last_category"] == pytest.approx(round(2 / 3, 6), abs=0)
     assert stats["next_in_session_categories"] == pytest.approx(round(2 / 3, 6), abs=0)
     assert stats["next_repeats_session_item"] == pytest.approx(round(1 / 3, 6), abs=0)
