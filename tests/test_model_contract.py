@@ -308,8 +308,8 @@ def test_bundle_round_trip(name, real_slice, trained):
     np.testing.assert_array_equal(np.asarray(rec._served.bundle.item_matrix),
                                   tables.item_matrix[rows])
     session = next(x for x in inputs if len(x) >= 2)
-    out = rec.recommend(ids[session].tolist(), k=10)
-    assert len(out) == 10 and out.fallback is None
+    out = rec.recommend(ids[session].tolist(), k=10, category_filter="none")
+    assert 0 < len(out) <= 10 and out.fallback is None
     assert np.all(np.diff(out.scores) <= 0)
 
 
