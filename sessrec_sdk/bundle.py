@@ -526,6 +526,7 @@ def write_bundle(
     tool_versions: dict[str, str] | None = None,
     row_order: str = "given",
     encoder_io: dict[str, list[dict[str, str]]] | None = None,
+    n_categories: int | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a bundle atomically: build it in a sibling temp dir, then rename into place.
@@ -535,7 +536,9 @@ def write_bundle(
     "exclude_session_items", "neighbors", "candidates"}. ``row_order`` only records how the
     caller numbered the rows ("given": model/id order, "locality": export_tools.layout).
     ``encoder_io``: the encoder's named inputs and outputs with their kinds (see
-    INPUT_KINDS / OUTPUT_KINDS; default: items + item_rows -> query).
+    INPUT_KINDS / OUTPUT_KINDS; default: items + item_rows -> query). An encoder with a
+    ``category_scores`` output gets the category -> items index; ``n_categories`` is the
+    width of that output (default: the largest category + 1).
     Arrays are validated with the same checks the reader runs, so a bundle that writes is
     a bundle that loads.
     """
@@ -573,7 +576,8 @@ def write_bundle(
     if any(e["kind"] == "category_scores" for e in encoder_io.get("outputs", [])):
         if item_category is None:
             raise ValueError("an encoder that predicts categories needs item_category")
-        indptr, indices = category_index(arrays[ITEM_CATEGORY], arrays[POPULARITY])
+        indptr, indices = category_index(arrays[ITEM_CATEGORY], arrays[POPULARITY],
+                                         n_categories)
         arrays[CATEGORY_INDPTR], arrays[CATEGORY_INDICES] = indptr, indices
         extra["n_categories"] = len(indptr) - 1
         defaults = {"categories": min(3, len(indptr) - 1), "max_candidates": 5000, **defaults}
@@ -629,13 +633,19 @@ def write_bundle(
     return out
 
 
-def category_index(item_category: np.ndarray, popularity: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(indptr int64 [C + 1], indices int32): the rows of each category 0..C-1 (C = the
-    largest category + 1; rows of category -1 are left out), most popular first, then by
-    row, so that a capped read of a category keeps its popular items."""
+def category_index(item_category: np.ndarray, popularity: np.ndarray,
+                   n_categories: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr int64 [C + 1], indices int32): the rows of each category 0..C-1 (C =
+    ``n_categories``, default the largest category + 1; rows of category -1 are left out),
+    most popular first, then by row, so that a capped read of a category keeps its popular
+    items."""
     cats = np.asarray(item_category)
     n_cats = int(cats.max()) + 1 if cats.size and cats.max() >= 0 else 1
+    if n_categories is not None:
+        if n_categories < n_cats:
+            raise ValueError(f"n_categories={n_categories} but item_category reaches "
+                             f"{n_cats - 1}")
+        n_cats = n_categories
     rank = np.full(len(cats), len(popularity), dtype=np.int64)
     rank[np.asarray(popularity)] = np.arange(len(popularity))
     rows = np.flatnonzero(cats >= 0)

@@ -331,3 +331,17 @@ def test_repeat_bonus_option_is_checked(small_bundle):
                      (True, TypeError)):
         with pytest.raises(exc, match="repeat_bonus"):
             rec.recommend(s, exclude_session_items=False, repeat_bonus=bad)
+
+
+def test_category_index_by_hand():
+    from sessrec_sdk.bundle import category_index
+
+    cats = np.array([2, 0, -1, 2, 0, 1], np.int32)
+    pop = np.array([3, 4, 0], np.int32)  # rows 3, 4, 0 most popular, in that order
+    indptr, indices = category_index(cats, pop)
+    assert indptr.tolist() == [0, 2, 3, 5]
+    assert indices.tolist() == [4, 1, 5, 3, 0]  # by popularity, then by row
+    indptr, _ = category_index(cats, pop, n_categories=5)  # a head wider than the data
+    assert indptr.tolist() == [0, 2, 3, 5, 5, 5]
+    with pytest.raises(ValueError, match="n_categories=2"):
+        category_index(cats, pop, n_categories=2)
