@@ -460,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --bundle (start a server) or --url (a running one)")
     if not 0 < args.duration <= MAX_DURATION:
         ap.error(f"--duration must be in (0, {MAX_DURATION}]")
+    if args.doc:  # fail now rather than after the run
+        text = Path(args.doc).read_text()
+        if f"<!-- loadtest:{args.doc_section}:begin -->" not in text:
+            ap.error(f"{args.doc} has no <!-- loadtest:{args.doc_section}:begin --> marker")
     rates = [float(r) for r in args.rates.split(",")]
     if args.url:
         host = urllib.parse.urlsplit(args.url).hostname
