@@ -46,6 +46,8 @@ def test_popularity_single_event_and_empty_rows():
     order, shares = popularity([np.array([3])], 4)
     assert order.tolist() == [3, 0, 1, 2]
     np.testing.assert_array_equal(shares, np.array([1, 0, 0, 0], np.float32))
+    order, shares = popularity([np.array([0])], 3)  # the last rows without any event
+    assert order.tolist() == [0, 1, 2] and shares.tolist() == [1, 0, 0]
     order, shares = popularity([np.array([1, 1]), np.array([0, 1, 0, 2])], 3)
     assert order.tolist() == [1, 0, 2]
     np.testing.assert_array_equal(shares, np.array([3, 2, 1], np.float32) / 6)
