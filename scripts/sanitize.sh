@@ -23,9 +23,11 @@ if [[ "${KEEP:-0}" != 1 ]]; then trap 'rm -rf "$WORK"' EXIT; fi
 LOG=$WORK/logs
 mkdir -p "$LOG"
 
+# no setup.py / pyproject.toml in the copy: cffi builds with setuptools, which would read
+# the project's packaging metadata there (and refuse its flat layout)
 echo "== copy of the tree in $WORK"
 tar -C "$ROOT" --exclude='__pycache__' --exclude='*.so' --exclude='*.egg-info' \
-    -cf - sessrec_sdk csrc tests export_tools setup.py pyproject.toml README.md \
+    -cf - sessrec_sdk csrc tests export_tools README.md \
     | tar -C "$WORK" -xf -
 
 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
