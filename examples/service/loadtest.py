@@ -374,11 +374,13 @@ async def run_rate(url: str, bodies: list[bytes], rate: float, duration: float,
 async def measure(url: str, bodies: list[bytes], rate: float, args) -> dict:
     before = scrape(url)
     pids = worker_pids(before)
-    cpu0 = (self_cpu(), sum(proc_cpu(p) for p in pids), machine_cpu(), time.perf_counter())
+    per0 = [proc_cpu(p) for p in pids]
+    cpu0 = (self_cpu(), sum(per0), machine_cpu(), time.perf_counter())
     load0 = os.getloadavg()
     row = await run_rate(url, bodies, rate, args.duration, args.timeout, args.connections,
                          args.client)
-    cpu1 = (self_cpu(), sum(proc_cpu(p) for p in pids), machine_cpu(), time.perf_counter())
+    per1 = [proc_cpu(p) for p in pids]
+    cpu1 = (self_cpu(), sum(per1), machine_cpu(), time.perf_counter())
     load1 = os.getloadavg()
     after = scrape(url)
     wall = cpu1[3] - cpu0[3]
@@ -389,6 +391,7 @@ async def measure(url: str, bodies: list[bytes], rate: float, args) -> dict:
         "cpu_machine": (cpu1[2] - cpu0[2]) / wall, "wall_s": wall,
         "loadavg_1m_before": load0[0], "loadavg_1m_after": load1[0],
         "worker_pids": pids,
+        "cpu_per_worker": [(b - a) / wall for a, b in zip(per0, per1)],
     })
     row["cpu_others"] = max(row["cpu_machine"] - row["cpu_client"] - row["cpu_workers"], 0.0)
     row["worker_cpu_ms_per_request"] = (1e3 * row["cpu_workers"] * wall
