@@ -102,7 +102,8 @@ CRASH_MARKERS = ("AddressSanitizer", "UndefinedBehaviorSanitizer", "runtime erro
                  "*** ", "malloc(): ", "free(): ", "double free", "corrupted",
                  "Fatal Python error", "Segmentation fault", "Aborted")
 HUGE_BYTES = 32 * 2**30   # sparse files: no disk space, but reading them takes long
-CHILD_MEMORY = 4 * 2**30  # RLIMIT_AS of a child: an attempt to read a huge file fails fast
+CHILD_MEMORY = 4 * 2**30  # RLIMIT_AS of a child beyond the parent's mappings: an attempt
+#                           to read a huge file fails fast
 
 
 def mode_name(mode: bool | None) -> str:
@@ -961,13 +962,21 @@ def child_run(bundle: Path, mode: bool | None, calls: list, target: str) -> dict
     return out
 
 
+def _mapped_bytes() -> int:
+    """This process's virtual address space in use (what RLIMIT_AS counts)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * resource.getpagesize()
+
+
 def _child_main(bundle: Path, mode, calls, target, result_path: Path, log_path: Path) -> None:
     try:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
-        resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
+        # on top of what the forked parent already maps (under pytest: torch, numba, ...)
+        limit = _mapped_bytes() + CHILD_MEMORY
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         res = child_run(bundle, mode, calls, target)
         tmp = result_path.with_suffix(".tmp")

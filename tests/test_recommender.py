@@ -112,8 +112,10 @@ def test_neighbors_option_limits_candidates(rec, small_ids):
 def test_truncates_to_max_session_length(rec, small_ids):
     """Only the last max_session_length (3) items drive the query and candidates."""
     long = small_ids[10:40].tolist()
-    out_long = rec.recommend(long, k=10, exclude_session_items=False)
-    out_tail = rec.recommend(long[-3:], k=10, exclude_session_items=False)
+    assert np.array_equal(rec.query(long), rec.query(long[-3:]))
+    # the same items excluded either way: the same neighbor candidates, the same answer
+    out_long = rec.recommend(long, k=10)
+    out_tail = rec.recommend(long[-3:], k=10, exclude=long[:-3])
     np.testing.assert_array_equal(out_long.item_ids, out_tail.item_ids)
     # but exclusion covers the whole session
     out = rec.recommend(long, k=50)
