@@ -424,6 +424,11 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def held_text(result: dict) -> str:
+    held = result["highest_rate_held"]
+    return "none" if held is None else f"{held:,.0f} requests/s"
+
+
 def update_doc(doc: Path, text: str, name: str) -> None:
     content = doc.read_text()
     begin, end = f"<!-- loadtest:{name}:begin -->", f"<!-- loadtest:{name}:end -->"
@@ -535,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.doc:
         update_doc(Path(args.doc), f"Run {result['date_utc']} UTC, {args.label}\n\n" + text
-                   + f"\n\nHighest offered rate held: {result['highest_rate_held']}.\n",
+                   + f"\n\nHighest offered rate held: {held_text(result)}.\n",
                    args.doc_section)
     return 0
 
