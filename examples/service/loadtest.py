@@ -484,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
 
+    # SIGTERM (e.g. from `timeout`) ends the run through the finally below, which stops
+    # the server's process group instead of leaving it running
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server = None
     log = Path(tempfile.mkdtemp(prefix="sessrec-loadtest-")) / "server.log"
     try:
