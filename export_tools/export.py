@@ -43,6 +43,7 @@ from .defaults import (  # noqa: F401  (re-exported)
     popularity,
 )
 from .layout import locality_order, reorder_rows
+from .models.base import encoder_io
 from .neighbors import model_neighbor_space, nearest_neighbors  # noqa: F401  (re-exported)
 from .onnx_export import export_encoder  # noqa: F401  (re-exported)
 
@@ -267,7 +268,8 @@ def export_bundle(
                    "neighbor_similarity": similarity},
             inference={"max_session_length": max_session_length,
                        "session_filter": session_filter},
-            defaults=defaults, data_stats=stats,
+            defaults=defaults, data_stats=stats, encoder_io=encoder_io(model),
+            n_categories=model.config.get("n_categories"),
             tool_versions={"torch": torch.__version__, "onnx": onnx.__version__,
                            "onnxruntime": onnxruntime.__version__})
         report["parity"] = check_parity(candidate, model, catalog,
@@ -282,7 +284,8 @@ def export_bundle(
             else:
                 report["category_filter_choice"] = f"from training-data rates: {why_not}"
         if category_filter is not None:  # only the manifest (defaults, stats) changes
-            defaults = {**defaults, "category_filter": category_filter}
+            written = json.loads((candidate / "manifest.json").read_text())["defaults"]
+            defaults = {**written, "category_filter": category_filter}
             update_manifest(candidate, defaults=defaults, data_stats=stats)
         replace_dir(candidate, out)  # atomic: a reloading server sees old or new, whole
     finally:

@@ -201,7 +201,8 @@ def _train(model_name, preset, train_sessions_rows, catalog, out_dir, *, overrid
         raise ValueError("no training examples (sessions need at least 2 items)")
     lengths = np.array([len(x) for x in tr_x])
 
-    model = build_model(model_name, catalog.n_items, model_cfg)
+    model = build_model(model_name, catalog.n_items, model_cfg,
+                        n_categories=len(catalog.category_ids))
     opt = make_optimizer(model, train_cfg)
     config = {
         "model": model_name,

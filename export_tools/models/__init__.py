@@ -15,10 +15,11 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from . import attenmixer, grainrec
+from . import attenmixer, grainrec, hiersrec
 from .attenmixer import AttenMixer
 from .base import Batch, ExportSpec, ItemTables, SessionModel, TensorSpec, TrainingData
 from .grainrec import EncoderForExport, GRAINRec
+from .hiersrec import HierSRec
 
 #: Training settings understood by export_tools.trainer (defaults for keys a preset omits).
 TRAIN_DEFAULTS = {
@@ -84,12 +85,21 @@ def split_config(model_name: str, config: dict) -> tuple[dict, dict]:
     return model_cfg, train_cfg
 
 
-def build_model(model_name: str, n_items: int, model_cfg: dict) -> SessionModel:
-    return MODELS[model_name](n_items, **model_cfg)
+def build_model(model_name: str, n_items: int, model_cfg: dict,
+                n_categories: int | None = None) -> SessionModel:
+    """A fresh model; ``n_categories`` (the catalog's category vocabulary) goes to the
+    models that take it (a category head), unless ``model_cfg`` sets it."""
+    cfg = dict(model_cfg)
+    if "n_categories" in model_keys(model_name) and "n_categories" not in cfg:
+        if n_categories is None:
+            raise ValueError(f"model {model_name!r} needs n_categories (the catalog's)")
+        cfg["n_categories"] = int(n_categories)
+    return MODELS[model_name](n_items, **cfg)
 
 
 register("grainrec", GRAINRec, grainrec.PRESETS)
 register("attenmixer", AttenMixer, attenmixer.PRESETS)
+register("hiersrec", HierSRec, hiersrec.PRESETS)
 
 __all__ = [
     "MODELS",
@@ -101,6 +111,7 @@ __all__ = [
     "EncoderForExport",
     "ExportSpec",
     "GRAINRec",
+    "HierSRec",
     "ItemTables",
     "SessionModel",
     "TensorSpec",

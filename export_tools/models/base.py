@@ -130,6 +130,8 @@ class SessionModel(nn.Module):
     name: ClassVar[str] = ""
     #: how the runtime turns (query, item row) into a score; v1 bundles know only "dot"
     score_transform: ClassVar[str] = "dot"
+    #: bundle v2 kind of each encoder output (sessrec_sdk.bundle.OUTPUT_KINDS)
+    output_kinds: ClassVar[dict[str, str]] = {"query": "query"}
 
     config: dict
 
@@ -230,6 +232,16 @@ class SessionModel(nn.Module):
             outputs=[TensorSpec("query", "float32", (1, self.query_dim))],
             example_inputs=(items, emb),
         )
+
+
+def encoder_io(model: SessionModel) -> dict[str, list[dict[str, str]]]:
+    """The bundle v2 declaration of ``model``'s exported encoder (names from its export
+    spec, kinds from its ``output_kinds``)."""
+    spec = model.export_spec()
+    inputs = {"items": "items", "item_emb": "item_rows"}
+    return {"inputs": [{"name": n, "kind": inputs[n]} for n in spec.input_names],
+            "outputs": [{"name": n, "kind": model.output_kinds.get(n, "extra")}
+                        for n in spec.output_names]}
 
 
 class EncoderModule(nn.Module):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -101,7 +102,7 @@ class HierSRec(SessionModel):
 
     # -- data --------------------------------------------------------------------------------
     def prepare(self, data: TrainingData) -> None:
-        cats = torch.as_tensor(data.catalog.categories, dtype=torch.int64)
+        cats = torch.tensor(np.asarray(data.catalog.categories), dtype=torch.int64)
         if cats.shape != self.item_category.shape:
             raise ValueError(f"catalog has {cats.shape[0]} items, the model "
                              f"{self.item_category.shape[0]}")
@@ -189,6 +190,6 @@ PRESETS = {
     # The budget class of the other fast presets: minutes per epoch on 2 CPU cores.
     "fast": {"dim": 64, "cat_dim": 32, "width": 64, "layers": 2, "heads": 4,
              "proj_dim": 32, "dropout": 0.0, "lambda_c": 1.0, "optimizer": "adam",
-             "lr": 0.003, "lr_schedule": "cosine", "weight_decay": 0.0, "batch_size": 512,
+             "lr": 0.01, "lr_schedule": "cosine", "weight_decay": 0.0, "batch_size": 512,
              "epochs": 2, "same_category": False},
 }
