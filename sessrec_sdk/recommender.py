@@ -310,9 +310,10 @@ class Recommender:
         query = outputs[s.query_name]
         if not float(query.dot(query)) <= _MAX_QUERY_SQUARED:  # also False for NaN
             return _popular(s, plan, "nonfinite_query")
-        top_rows, scores, n_cand = self.score(plan, self.kernel_query(plan, outputs))
+        q = self.kernel_query(plan, outputs)
+        top_rows, scores, n_cand = self.score(plan, q)
         if not plan.exclude_session_items:  # the session's own items, with the repeat bonus
-            r_rows, r_scores, r_cand = self.score(plan, self.repeat_query(plan, outputs))
+            r_rows, r_scores, r_cand = self.score(plan, self.repeat_query(plan, q))
             top_rows, scores = _merge(top_rows, scores, r_rows,
                                       r_scores + np.float32(plan.repeat_bonus), plan.k)
             n_cand += r_cand
@@ -335,8 +336,8 @@ class Recommender:
         session's items are never among its candidates: when they may be returned,
         :meth:`repeat_query` scores them in a second kernel call."""
         s, window = plan.served, plan.window
-        excluded = plan.excluded
-        excluded = np.concatenate([excluded, plan.known]) if excluded.size else plan.known
+        excluded = (np.concatenate([plan.excluded, plan.known]) if plan.excluded.size
+                    else plan.known)
         allowed_cats = top_cats = None
         if plan.category_filter == "predicted" or plan.candidates == "categories":
             top_cats = _top_categories(s, outputs, plan.categories)
@@ -353,11 +354,11 @@ class Recommender:
                            exclude_seeds=True, excluded=excluded, allowed=plan.allowed,
                            allowed_cats=allowed_cats, candidates=cands)
 
-    def repeat_query(self, plan: CallPlan, outputs: EncoderOutputs) -> KernelQuery:
+    def repeat_query(self, plan: CallPlan, main: KernelQuery) -> KernelQuery:
         """The session's own items as candidates (when ``exclude_session_items`` is False),
-        under the same rules and category filter; ``run`` adds the repeat bonus to their
-        scores and merges them with the main call's."""
-        main = self.kernel_query(plan, outputs)
+        under the rules and category filter of ``main`` (the plan's :meth:`kernel_query`);
+        ``run`` adds the repeat bonus to their scores and merges them with the main
+        call's."""
         return main._replace(seeds=plan.known, n_use=0, exclude_seeds=False,
                              excluded=plan.excluded, candidates=None)
 

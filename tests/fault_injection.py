@@ -76,6 +76,7 @@ from sessrec_sdk.bundle import (
     NEIGHBORS,
     POPULARITY,
     POPULARITY_SCORES,
+    sha256_of,
     write_bundle,
 )
 from sessrec_sdk.errors import BundleError
@@ -355,9 +356,7 @@ def resign(b: Path, name: str) -> None:
     """Make the manifest's sha256/bytes of ``name`` match the file again."""
     m = read_manifest(b)
     f = b / name
-    with open(f, "rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    m["files"][name] = {"sha256": digest, "bytes": f.stat().st_size}
+    m["files"][name] = {"sha256": sha256_of(f), "bytes": f.stat().st_size}
     write_manifest(b, m)
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import ffi, lib  # ImportError when the extension was not built
-from .common import CatalogArrays, KernelQuery, NeighborRangeError, RowRangeError, Scratch
+from .common import (
+    CatalogArrays,
+    KernelQuery,
+    NeighborRangeError,
+    RowRangeError,
+    Scratch,
+    check_query_vector,
+)
 
 ERR_NEIGHBOR_RANGE = lib.SR_ERR_NEIGHBOR_RANGE
 ERR_ROW_RANGE = lib.SR_ERR_ROW_RANGE
@@ -63,9 +70,7 @@ class CKernel:
             sc.seen, sc.allow_mark = seen, allow_mark
             ptrs = scratch.c_pointers = (sc, ffi.new("sr_query *"), ffi.new("int32_t *"),
                                          seen, allow_mark)  # the buffers stay referenced
-        if q.query.shape != (self._dim,) or q.query.dtype != np.float32:
-            raise ValueError(f"query must be float32 [{self._dim}], got {q.query.dtype} "
-                             f"{list(q.query.shape)}")
+        check_query_vector(q.query, self._dim)  # the C code cannot see its length
         sc, cq, n_cand = ptrs[0], ptrs[1], ptrs[2]
         sc.epoch = scratch.next_epoch()
         k = q.k

@@ -31,13 +31,18 @@ def check_query(cat: CatalogArrays, q: KernelQuery) -> None:
     neighbor rows, a category filter only on a catalog with categories (the C kernel
     checks the last two itself; the Numba kernel, compiled without bounds checks, relies
     on this)."""
-    if q.query.shape != (cat.matrix.shape[1],) or q.query.dtype != np.float32:
-        raise ValueError(f"query must be float32 [{cat.matrix.shape[1]}], got "
-                         f"{q.query.dtype} {list(q.query.shape)}")
+    check_query_vector(q.query, cat.matrix.shape[1])
     if not 0 <= q.n_use <= cat.neighbors.shape[1]:
         raise ValueError(f"n_use must be in [0, {cat.neighbors.shape[1]}], got {q.n_use}")
     if q.allowed_cats is not None and cat.categories is None:
         raise ValueError("a category filter needs a catalog with categories")
+
+
+def check_query_vector(query: np.ndarray, dim: int) -> None:
+    """ValueError unless ``query`` is float32 [dim]: every kernel reads exactly that."""
+    if query.shape != (dim,) or query.dtype != np.float32:
+        raise ValueError(f"query must be float32 [{dim}], got {query.dtype} "
+                         f"{list(query.shape)}")
 
 
 def check_rows(q: KernelQuery, n_items: int) -> None:
