@@ -54,6 +54,7 @@ __all__ = [
     "same_category_filter_many",
     "sessionize",
     "split_validation",
+    "VALID_SPLITS",
     "to_rows",
 ]
 
@@ -531,16 +532,28 @@ def augment_prefixes(sessions_rows: Sequence[np.ndarray], *,
     return inputs, targets
 
 
+VALID_SPLITS = ("recent", "random")
+
+
 def split_validation(sessions: Sequence[Any], fraction: float = 0.1,
-                     seed: int = 0) -> tuple[list[Any], list[Any]]:
-    """Hold out a seeded random ``fraction`` of whole sessions (never prefixes of one
-    session on both sides, which would leak targets). Both parts keep input order."""
+                     seed: int = 0, how: str = "random") -> tuple[list[Any], list[Any]]:
+    """Hold out ``fraction`` of whole sessions (never prefixes of one session on both
+    sides, which would leak targets). Both parts keep input order.
+
+    ``how="recent"``: the last sessions in input (time) order, the way a bundle is used:
+    trained on the past, serving later sessions; the choice for data whose test period
+    follows its training period. ``how="random"``: a seeded random sample."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    if how not in VALID_SPLITS:
+        raise ValueError(f"how must be one of {VALID_SPLITS}, got {how!r}")
     n = len(sessions)
     n_valid = round(fraction * n)
     chosen = np.zeros(n, dtype=bool)
-    chosen[np.random.default_rng(seed).permutation(n)[:n_valid]] = True
+    if how == "recent":
+        chosen[n - n_valid:] = True
+    else:
+        chosen[np.random.default_rng(seed).permutation(n)[:n_valid]] = True
     train = [s for s, c in zip(sessions, chosen.tolist()) if not c]
     valid = [s for s, c in zip(sessions, chosen.tolist()) if c]
     return train, valid

@@ -12,6 +12,10 @@ for list-returning methods; a non-finite target score is a miss (export_tools.me
 Rows of the table (method names are stable, scripts read them from the JSON):
   popularity                 most popular training items
   transition                 most frequent successors of the last item, popularity fill
+  repeat                     the session's own items, most recent first, then transition
+  vsknn                      V-SKNN (session-kNN, 100 neighbor sessions, linear decay,
+                             whole session; export_tools.models.sknn's "fast" preset
+                             without tuning) indexed on the training sessions
   <model>/full               the torch model over the whole catalog (needs --checkpoint),
                              with its training-time session handling
   <model>/full-sdk-query     the bundle's query (SDK session handling) over the whole
@@ -24,6 +28,9 @@ Rows of the table (method names are stable, scripts read them from the JSON):
   <model>/sdk                Recommender.recommend with the bundle's defaults
   <model>/sdk/<filter>       each category filter (last, session, none)
   <model>/sdk/neighbors=<n>  the neighbors-per-item sweep (paper Fig. 4)
+  sknn/sdk                   a session-kNN bundle with its defaults (no full-catalog rows:
+  sknn/sdk/exclude           it scores only its neighbor sessions' items); session items
+  sknn/sdk/no-bonus          never returned; returned without the repeat bonus
 
 Every SDK row runs every test example through ``Recommender.recommend``. A session's query
 vector depends on the session only, so after the first SDK pass the encoder's answers are
@@ -80,6 +87,42 @@ class TransitionBaseline:
         fill = self.popular[: k + len(succ)]
         fill = fill[~np.isin(fill, succ)]
         return np.concatenate([succ, fill])[:k]
+
+
+class RepeatBaseline:
+    """The session's own items, most recent first (each once), then the transition
+    baseline's list: the dataset README's repeat-aware reference rule."""
+
+    def __init__(self, transition: TransitionBaseline):
+        self.transition = transition
+
+    def recommend(self, session: np.ndarray, k: int) -> np.ndarray:
+        rev = np.asarray(session, np.int64)[::-1]
+        _, first = np.unique(rev, return_index=True)
+        seen = rev[np.sort(first)][:k]
+        if len(seen) >= k:
+            return seen
+        rest = self.transition.recommend(session, k + len(seen))
+        return np.concatenate([seen, rest[~np.isin(rest, seen)]])[:k]
+
+
+class VsknnBaseline:
+    """V-SKNN on the training sessions (the preset's published setting, not tuned), served
+    by the SDK's session-kNN kernel."""
+
+    def __init__(self, train_sessions: Sequence[np.ndarray]):
+        from .models.sknn import PRESETS, KnnRecommender, build_index
+
+        p = PRESETS["fast"]
+        self.catalog = D.build_catalog(train_sessions)
+        rows = D.to_rows(train_sessions, self.catalog)
+        index = build_index(rows, self.catalog.n_items, sample=p["sample"], idf=p["idf"])
+        self.knn = KnnRecommender(index, sample=p["sample"], neighbors=p["neighbors"],
+                                  window=p["window"])
+        self.ids = np.asarray(self.catalog.item_ids)
+
+    def recommend(self, session: np.ndarray, k: int) -> np.ndarray:
+        return self.ids[self.knn.top(self.catalog.rows(np.asarray(session, np.int64)), k)[0]]
 
 
 # ------------------------------------------------------------------------ evaluation
@@ -259,14 +302,18 @@ def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path 
     rec = Recommender.load(bundle)
     kind = rec.manifest["model"]["kind"]
     served = rec._served
-    encoder, memo = served.encoder, MemoEncoder(served.encoder)
+    knn_only = served.knn_only
+    encoder = served.encoder
+    memo = None if knn_only else MemoEncoder(encoder)
     rows: list[dict] = []
     info = {"bundle": str(Path(bundle).resolve()), "test": str(test_csv),
             "protocols": list(protocols), "n_examples": {},
             "defaults": rec.manifest["defaults"], "inference": rec.manifest["inference"],
             "unknown_targets": {}}
-    baseline = (TransitionBaseline(D.sessionize(D.read_events(train_csv)))
-                if train_csv else None)
+    train_sessions = D.sessionize(D.read_events(train_csv)) if train_csv else None
+    baseline = TransitionBaseline(train_sessions) if train_csv else None
+    repeat = RepeatBaseline(baseline) if train_csv else None
+    vsknn = VsknnBaseline(train_sessions) if train_csv else None
     popular = rec.item_ids[np.asarray(served.bundle.popularity[:max(KS)])]
     k = max(KS)
 
@@ -303,6 +350,27 @@ def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path 
         if baseline is not None:
             add(evaluate_lists("transition", lambda x: baseline.recommend(x, k),
                                inputs, targets, progress))
+            add(evaluate_lists("repeat", lambda x: repeat.recommend(x, k),
+                               inputs, targets, progress))
+            add(evaluate_lists("vsknn", lambda x: vsknn.recommend(x, k),
+                               inputs, targets, progress))
+        timed = inputs[:latency_sessions] if protocol == "last" else []
+        if knn_only:
+            def knn_row(name: str, timed=timed, inputs=inputs, targets=targets, add=add,
+                        **options) -> None:
+                def call(x):
+                    return rec.recommend(x, k=k, **options).item_ids
+                lat = {}
+                if timed:
+                    for x in timed[:200]:
+                        call(x)
+                    lat = latency(call, timed)
+                add({**evaluate_lists(name, call, inputs, targets, progress), **lat})
+
+            knn_row(f"{kind}/sdk")
+            knn_row(f"{kind}/sdk/exclude", exclude_session_items=True)
+            knn_row(f"{kind}/sdk/no-bonus", exclude_session_items=False, repeat_bonus=0.0)
+            continue
         if checkpoint:
             ranks = full_catalog_ranks_torch(checkpoint, inputs, targets, progress)
             add({"method": f"{kind}/full", **ranking_metrics(ranks), "n": n})
@@ -314,7 +382,6 @@ def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path 
                                  if rec.manifest["has_categories"] else "none",
                                  "exclude_session_items":
                                      rec.manifest["defaults"]["exclude_session_items"]}})
-        timed = inputs[:latency_sessions] if protocol == "last" else []
 
         def sdk_row(name: str, timed=timed, inputs=inputs, targets=targets, add=add,
                     **options) -> None:

@@ -90,7 +90,8 @@ def validation_sessions(sessions: list[np.ndarray], config: dict, train_csv
     if not trained_on or Path(trained_on).resolve() != Path(train_csv).resolve():
         return [], (f"--train {train_csv} is not the checkpoint's training data "
                     f"({trained_on}), so its validation sessions are not known")
-    _, valid = D.split_validation(sessions, fraction, config["seed"])
+    _, valid = D.split_validation(sessions, fraction, config["seed"],
+                                  config.get("valid_split", "random"))
     usable = [s for s in (np.asarray(v) for v in valid) if (s >= 0).all() and len(s) >= 2]
     if not usable:
         return [], "no validation session has two or more known items"
@@ -191,6 +192,13 @@ def export_bundle(
     "given" keeps the model's item order. ``item_dtype="float16"`` stores the scored rows
     in half precision (half the bytes a call reads; scores move by the rounding, reported
     by the parity check) and the encoder's input rows in float32."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    from .checkpoint import read_config
+
+    if read_config(checkpoint)["model"] == "sknn":
+        return export_sknn_bundle(checkpoint, out, train_csv=train_csv, items_csv=items_csv)
     import onnx
     import onnxruntime
     import torch
@@ -198,11 +206,8 @@ def export_bundle(
     from sessrec_sdk.bundle import ROW_ORDERS, replace_dir, update_manifest, write_bundle
 
     from .checkpoint import load_checkpoint
-    from .train import load_training_data
+    from .train import data_options, load_training_data
 
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     if row_order not in ROW_ORDERS:
         raise ValueError(f"row_order must be one of {ROW_ORDERS}, got {row_order!r}")
     if item_dtype not in ("float32", "float16"):
@@ -212,10 +217,10 @@ def export_bundle(
     data = config.get("data", {})
     train_csv = train_csv or data.get("train")
     items_csv = items_csv or data.get("items")
-    if not train_csv or not items_csv:
-        raise ValueError("the checkpoint names no training data: pass --train and --items")
-    sessions, data_catalog = load_training_data(
-        train_csv, items_csv, min_item_support=data.get("min_item_support", 1))
+    if not train_csv:
+        raise ValueError("the checkpoint names no training data: pass --train (and --items "
+                         "if it was trained with one)")
+    sessions, data_catalog = load_training_data(train_csv, items_csv, **data_options(data))
     if not np.array_equal(np.asarray(data_catalog.item_ids), np.asarray(catalog.item_ids)):
         # the checkpoint's catalog is authoritative: map the sessions onto it
         sessions = D.to_rows([np.asarray(data_catalog.item_ids)[s] for s in sessions], catalog)
@@ -237,7 +242,8 @@ def export_bundle(
     defaults = choose_defaults(stats, neighbors)
     pop, pop_scores = popularity(sessions, catalog.n_items)
     arrays = {"item_matrix": matrix, "neighbors": nbrs, "item_ids": np.asarray(catalog.item_ids),
-              "popularity": pop, "item_category": np.asarray(catalog.categories)}
+              "popularity": pop,
+              "item_category": np.asarray(catalog.categories) if catalog.n_categories else None}
     if tables.input_embedding is not None:
         arrays["input_embedding"] = tables.input_embedding
     if tables.item_bias is not None:
@@ -292,6 +298,58 @@ def export_bundle(
         shutil.rmtree(work, ignore_errors=True)
     report.update(defaults=defaults, data_stats=stats, seconds=round(time.perf_counter() - t0, 1))
     return out, report
+
+
+def export_sknn_bundle(checkpoint: str | os.PathLike, out: Path, *,
+                       train_csv: str | os.PathLike | None = None,
+                       items_csv: str | os.PathLike | None = None) -> tuple[Path, dict]:
+    """An ``sknn`` checkpoint (export_tools.models.sknn) -> a bundle with scorer "sknn":
+    the session index, the catalog, popularity, and the defaults chosen on validation
+    sessions at training (recorded with every trial's figures under ``validation``)."""
+    from sessrec_sdk.bundle import SessionIndex, write_bundle
+
+    from .checkpoint import load_catalog
+    from .models.sknn import INDEX_FILES, load_sknn
+    from .train import data_options, load_training_data
+
+    t0 = time.perf_counter()
+    config, index = load_sknn(checkpoint)
+    catalog = load_catalog(Path(checkpoint))
+    data = config.get("data", {})
+    train_csv = train_csv or data.get("train")
+    items_csv = items_csv or data.get("items")
+    if not train_csv:
+        raise ValueError("the checkpoint names no training data: pass --train")
+    sessions, data_catalog = load_training_data(train_csv, items_csv, **data_options(data))
+    if not np.array_equal(np.asarray(data_catalog.item_ids), np.asarray(catalog.item_ids)):
+        raise ValueError(f"{train_csv} is not the data the checkpoint was built from (its "
+                         "items differ)")
+    pop, pop_scores = popularity(sessions, catalog.n_items)
+    setting = config["model_config"]
+    stats = data_stats(sessions, catalog, setting["window"])
+    defaults = {"k": 20, "candidates": "sessions", "neighbors": setting["neighbors"],
+                "category_filter": setting.get("category_filter", "none"),
+                "exclude_session_items": setting["exclude_session_items"],
+                "repeat_bonus": setting["repeat_bonus"]}
+    validation = {"split": f"{config['valid_split']} {config['valid_fraction']:.0%} of the "
+                           "training sessions", "n_sessions": config["n_valid_sessions"],
+                  **config["validation"]}
+    write_bundle(
+        out, encoder=None, item_matrix=None, neighbors=None,
+        item_ids=np.asarray(catalog.item_ids), popularity=pop, popularity_scores=pop_scores,
+        item_category=np.asarray(catalog.categories) if catalog.n_categories else None,
+        session_index=SessionIndex(*(index[name] for name in INDEX_FILES)),
+        sknn={"n_sessions": config["n_sessions"], "sample": setting["sample"],
+              "idf": setting["idf"]},
+        model={"kind": "sknn", "config": setting, "preset": config.get("preset"),
+               "best_valid_metrics": config.get("best_metrics")},
+        inference={"max_session_length": setting["window"], "session_filter": "none"},
+        defaults=defaults, data_stats=stats, overwrite=True)
+    from sessrec_sdk.bundle import update_manifest
+
+    update_manifest(out, validation=validation)
+    return out, {"checkpoint": str(Path(checkpoint).resolve()), "defaults": defaults,
+                 "validation": validation["chosen"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ from export_tools.examples import (  # noqa: F401  (re-exported)
     make_train_examples,
 )
 from export_tools.metrics import rank_targets  # noqa: F401  (re-exported)
-from export_tools.models import MODELS, PRESETS
+from export_tools.models import INDEX_MODELS, MODELS, PRESETS
 from export_tools.trainer import lr_factor, train  # noqa: F401  (re-exported)
 
 K = 20
@@ -40,19 +40,31 @@ K = 20
 # ----------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------
-def load_training_data(train_csv, items_csv, *, min_item_support: int = 1,
-                       max_session_length: int | None = None):
-    """(training sessions as catalog rows, catalog) from an event log and an items table.
+def load_training_data(train_csv, items_csv=None, *, min_item_support: int = 1,
+                       max_session_length: int | None = None, keep_repeats: bool = False):
+    """(training sessions as catalog rows, catalog) from an event log and an optional
+    items table (without one the catalog has no categories: every command then works
+    without category filters).
 
-    Sessionized, consecutive repeats and single-item sessions dropped; items with fewer
-    than ``min_item_support`` occurrences removed (1 = keep all: right for an already
-    preprocessed split such as the bundled Diginetica one, see data.load_diginetica).
+    Sessionized; consecutive repeats dropped unless ``keep_repeats`` (keep them on data
+    where re-viewing an item is a real signal: a repeat-heavy log); single-item sessions
+    dropped; items with fewer than ``min_item_support`` occurrences removed (1 = keep all:
+    right for an already preprocessed split such as the bundled ones, see
+    data.load_diginetica).
     """
     sessions = D.clean_sessions(D.sessionize(D.read_events(train_csv)),
+                                drop_consecutive_repeats=not keep_repeats,
                                 min_item_support=min_item_support,
                                 max_session_length=max_session_length)
-    catalog = D.build_catalog(sessions, D.read_items(items_csv))
+    items = D.read_items(items_csv) if items_csv else None
+    catalog = D.build_catalog(sessions, items)
     return D.to_rows(sessions, catalog), catalog
+
+
+def data_options(data: dict) -> dict:
+    """The ``load_training_data`` keywords a checkpoint recorded (older ones: defaults)."""
+    return {"min_item_support": data.get("min_item_support", 1),
+            "keep_repeats": bool(data.get("keep_repeats", False))}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,10 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a session model (its own loss, by default full-softmax next-item "
         "cross-entropy) and write a checkpoint directory.",
     )
-    p.add_argument("--model", default="grainrec", choices=sorted(MODELS))
+    p.add_argument("--model", default="grainrec", choices=sorted({**MODELS, **INDEX_MODELS}),
+                   help="a neural session model, or sknn (session-kNN: an index of the "
+                   "training sessions, its setting chosen on the validation sessions)")
     p.add_argument("--preset", default="fast", help="fast | paper (default: fast)")
     p.add_argument("--train", required=True, help="event CSV: session_id,item_id,timestamp")
-    p.add_argument("--items", required=True, help="items CSV: item_id,category_id")
+    p.add_argument("--items", help="items CSV: item_id,category_id (optional: without it "
+                   "the catalog has no categories)")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int, default=0)
@@ -85,7 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="any preset key (model hyper-parameter or training setting), the "
                    "value parsed as JSON when it parses, e.g. --set levels=3 --set heads=4")
-    p.add_argument("--valid-fraction", type=float, default=0.1)
+    p.add_argument("--valid-fraction", type=float, default=0.1,
+                   help="share of the training sessions held out for validation (0.1)")
+    p.add_argument("--valid-split", choices=D.VALID_SPLITS, default="recent",
+                   help="recent (default): the last sessions in time order, as the bundle "
+                   "will serve later sessions; random: a seeded random sample")
+    p.add_argument("--keep-repeats", action="store_true",
+                   help="keep consecutive repeats of an item (a repeat-heavy log, where "
+                   "re-viewing is a signal); default: collapse them")
     p.add_argument("--min-item-support", type=int, default=1,
                    help="drop items seen fewer times in the training log (default 1: the "
                    "log is already preprocessed, as the bundled Diginetica split; use 5 for a "
@@ -97,9 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.preset not in PRESETS[args.model]:
+    presets = {**PRESETS, **INDEX_MODELS}[args.model]
+    if args.preset not in presets:
         print(f"error: unknown preset {args.preset!r}; choose from "
-              f"{', '.join(sorted(PRESETS[args.model]))}", file=sys.stderr)
+              f"{', '.join(sorted(presets))}", file=sys.stderr)
         return 2
     overrides = {
         "epochs": args.epochs, "lr": args.lr, "dim": args.dim, "batch_size": args.batch_size,
@@ -119,14 +142,29 @@ def main(argv: list[str] | None = None) -> int:
             overrides[key.replace("-", "_")] = value
     t0 = time.perf_counter()
     sessions, catalog = load_training_data(args.train, args.items,
-                                           min_item_support=args.min_item_support)
+                                           min_item_support=args.min_item_support,
+                                           keep_repeats=args.keep_repeats)
+    data_info = {"train": str(Path(args.train).resolve()),
+                 "items": str(Path(args.items).resolve()) if args.items else None,
+                 "min_item_support": args.min_item_support,
+                 "keep_repeats": args.keep_repeats}
+    if args.model in INDEX_MODELS:
+        from export_tools.models.sknn import train_sknn
+
+        out = train_sknn(args.preset, sessions, catalog, args.out, overrides=overrides,
+                         valid_fraction=args.valid_fraction, valid_split=args.valid_split,
+                         data_info=data_info)
+        cfg = json.loads((out / CONFIG_FILE).read_text())
+        best = cfg.get("best_metrics") or {}
+        print(f"checkpoint: {out}  (setting {json.dumps(cfg['model_config'])}; valid HR@20 "
+              f"{best.get('HR@20', float('nan')):.4f} MRR@20 "
+              f"{best.get('MRR@20', float('nan')):.4f}; {time.perf_counter() - t0:.0f}s)")
+        return 0
     out = train(
         args.model, args.preset, sessions, catalog, args.out, overrides=overrides,
-        valid_fraction=args.valid_fraction, seed=args.seed, resume=args.resume,
-        progress=not args.no_progress, threads=args.threads,
-        data_info={"train": str(Path(args.train).resolve()),
-                   "items": str(Path(args.items).resolve()),
-                   "min_item_support": args.min_item_support},
+        valid_fraction=args.valid_fraction, valid_split=args.valid_split, seed=args.seed,
+        resume=args.resume,
+        progress=not args.no_progress, threads=args.threads, data_info=data_info,
     )
     cfg = json.loads((out / CONFIG_FILE).read_text())
     best = cfg.get("best_metrics") or {}

@@ -2,7 +2,9 @@
 
 Protocol:
 * the training sessions (whole sessions, catalog rows) are split by session into train and
-  validation (``valid_fraction``, seeded; export_tools.data.split_validation);
+  validation (``valid_fraction``; ``valid_split`` "recent": the last sessions in time
+  order, as ``sessrec train`` does by default; "random": seeded; see
+  export_tools.data.split_validation);
 * ``model.prepare(TrainingData)`` once, before the first epoch, on the training part;
 * training examples: every prefix of every training session predicts its next item
   (export_tools.examples); each step minimises ``model.loss(batch)`` (the total; its named
@@ -152,6 +154,7 @@ def train(
     *,
     overrides: dict | None = None,
     valid_fraction: float = 0.1,
+    valid_split: str = "random",
     seed: int = 0,
     resume: bool = False,
     progress: bool = True,
@@ -170,7 +173,8 @@ def train(
     tune_malloc()
     with TorchSettings(seed, threads):
         return _train(model_name, preset, train_sessions_rows, catalog, out_dir,
-                      overrides=overrides, valid_fraction=valid_fraction, seed=seed,
+                      overrides=overrides, valid_fraction=valid_fraction,
+                      valid_split=valid_split, seed=seed,
                       resume=resume, progress=progress, data_info=data_info,
                       callbacks=list(callbacks or []))
 
@@ -183,7 +187,7 @@ def _call(callbacks, hook: str, *args) -> None:
 
 
 def _train(model_name, preset, train_sessions_rows, catalog, out_dir, *, overrides,
-           valid_fraction, seed, resume, progress, data_info, callbacks) -> Path:
+           valid_fraction, valid_split, seed, resume, progress, data_info, callbacks) -> Path:
     if model_name not in PRESETS:
         raise ValueError(f"unknown model {model_name!r}; known: {sorted(PRESETS)}")
     if preset not in PRESETS[model_name]:
@@ -194,7 +198,8 @@ def _train(model_name, preset, train_sessions_rows, catalog, out_dir, *, overrid
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    train_s, valid_s = D.split_validation(list(train_sessions_rows), valid_fraction, seed)
+    train_s, valid_s = D.split_validation(list(train_sessions_rows), valid_fraction, seed,
+                                          valid_split)
     tr_x, tr_y = make_train_examples(train_s, catalog, train_cfg)
     va_x, va_y = make_eval_examples(valid_s, catalog, train_cfg)
     if not tr_x:
@@ -212,6 +217,7 @@ def _train(model_name, preset, train_sessions_rows, catalog, out_dir, *, overrid
         "overrides": dict(overrides or {}),
         "seed": seed,
         "valid_fraction": valid_fraction,
+        "valid_split": valid_split,
         "n_items": int(catalog.n_items),
         "n_train_sessions": len(train_s),
         "n_valid_sessions": len(valid_s),
@@ -229,8 +235,8 @@ def _train(model_name, preset, train_sessions_rows, catalog, out_dir, *, overrid
     start_epoch, best, bad_epochs = 0, None, 0
     if resume and (out / STATE_FILE).is_file():
         old = json.loads((out / CONFIG_FILE).read_text())
-        for key in ("model", "model_config", "seed", "valid_fraction"):
-            if old[key] != config[key]:
+        for key in ("model", "model_config", "seed", "valid_fraction", "valid_split"):
+            if old.get(key, "random" if key == "valid_split" else None) != config[key]:
                 raise ValueError(f"cannot resume: {key} differs ({old[key]!r} != {config[key]!r})")
         changed = {k for k in train_cfg if old["train_config"].get(k) != train_cfg[k]}
         if changed - {"epochs", "patience"}:

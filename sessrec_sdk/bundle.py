@@ -1,8 +1,11 @@
 """Bundle format v2 (v1 still loads): the one thing that crosses from the export tools to
 the runtime.
 
-A bundle is a directory of ``.npy`` arrays (memory-mapped at load, never pickled), an ONNX
-session encoder and ``manifest.json``. This module is the single spec: ``write_bundle``
+A bundle is a directory of ``.npy`` arrays (memory-mapped at load, never pickled),
+``manifest.json`` and, for a neural model, an ONNX session encoder. The manifest's
+``scorer`` says how a call scores items: "encoder" (the default: the encoder's query
+vector against the item matrix, over the neighbor rows) or "sknn" (session-kNN over a
+session index, no encoder). This module is the single spec: ``write_bundle``
 (export side) and ``read_bundle`` (runtime) share the file names and the checks below.
 See docs/bundle-format.md.
 """
@@ -49,9 +52,23 @@ ITEM_IDS_ORDER = "item_ids_order.npy"
 CATEGORY_INDPTR = "category_items_indptr.npy"
 CATEGORY_INDICES = "category_items_indices.npy"
 
-REQUIRED_FILES = (ENCODER, ITEM_MATRIX, NEIGHBORS, POPULARITY, POPULARITY_SCORES,
-                  ITEM_IDS, ITEM_IDS_SORTED, ITEM_IDS_ORDER)
-OPTIONAL_FILES = (ITEM_BIAS, INPUT_EMBEDDING, ITEM_CATEGORY, CATEGORY_INDPTR, CATEGORY_INDICES)
+# the session index of session-kNN (CSR both ways; sessions numbered in time order, a
+# larger number is more recent): item -> its most recent training sessions (most recent
+# first), session -> its distinct items, and a weight per item (idf or 1)
+SKNN_ITEM_INDPTR = "sknn_item_sessions_indptr.npy"
+SKNN_ITEM_SESSIONS = "sknn_item_sessions.npy"
+SKNN_SESSION_INDPTR = "sknn_session_items_indptr.npy"
+SKNN_SESSION_ITEMS = "sknn_session_items.npy"
+SKNN_ITEM_WEIGHT = "sknn_item_weight.npy"
+SKNN_FILES = (SKNN_ITEM_INDPTR, SKNN_ITEM_SESSIONS, SKNN_SESSION_INDPTR, SKNN_SESSION_ITEMS,
+              SKNN_ITEM_WEIGHT)
+
+SCORERS = ("encoder", "sknn")
+COMMON_FILES = (POPULARITY, POPULARITY_SCORES, ITEM_IDS, ITEM_IDS_SORTED, ITEM_IDS_ORDER)
+ENCODER_FILES = (ENCODER, ITEM_MATRIX, NEIGHBORS)
+REQUIRED_FILES = ENCODER_FILES + COMMON_FILES  # of an "encoder" bundle
+OPTIONAL_FILES = (ITEM_BIAS, INPUT_EMBEDDING, ITEM_CATEGORY, CATEGORY_INDPTR, CATEGORY_INDICES,
+                  *SKNN_FILES)
 
 # The encoder's inputs and outputs are declared in the manifest (v2) by name and kind; the
 # kind says what the runtime feeds or reads. Input kinds, each [1, L] over the encoded
@@ -82,8 +99,9 @@ SESSION_FILTERS = ("none", "last_category")
 # model's or caller's order, "locality" = along the neighbor graph (export_tools.layout)
 ROW_ORDERS = ("given", "locality")
 # "neighbors": the neighbor rows of the session items; "categories": the items of the top
-# predicted categories (capped at max_candidates)
-CANDIDATE_POLICIES = ("neighbors", "categories")
+# predicted categories (capped at max_candidates); "sessions": the items of the nearest
+# training sessions (session-kNN; needs the session index)
+CANDIDATE_POLICIES = ("neighbors", "categories", "sessions")
 DEFAULT_KEYS = ("k", "neighbors", "category_filter", "exclude_session_items", "candidates")
 # defaults of bundles whose encoder predicts categories: how many top categories, and the
 # cap on the candidates of the "categories" policy
@@ -99,27 +117,57 @@ MAX_ABS_VALUE = 2.0**20
 
 
 @dataclass(frozen=True)
+class SessionIndex:
+    """The session-kNN index of a bundle (see SKNN_FILES), memory-mapped."""
+
+    item_indptr: np.ndarray      # int64 [n_items + 1]
+    item_sessions: np.ndarray    # int32 session numbers, each item's most recent first
+    session_indptr: np.ndarray   # int64 [n_sessions + 1]
+    session_items: np.ndarray    # int32 rows, each session's distinct items
+    item_weight: np.ndarray      # float32 [n_items]
+
+    @property
+    def n_sessions(self) -> int:
+        return int(self.session_indptr.shape[0]) - 1
+
+    def arrays(self) -> list[np.ndarray]:
+        return [self.item_indptr, self.item_sessions, self.session_indptr,
+                self.session_items, self.item_weight]
+
+
+def scorer(manifest: dict[str, Any]) -> str:
+    """How the bundle scores items: "encoder" (also every bundle that does not say) or
+    "sknn"."""
+    return manifest.get("scorer", "encoder")
+
+
+def required_files(manifest: dict[str, Any]) -> tuple[str, ...]:
+    return COMMON_FILES + (SKNN_FILES if scorer(manifest) == "sknn" else ENCODER_FILES)
+
+
+@dataclass(frozen=True)
 class Bundle:
     """A loaded bundle: the manifest and memory-mapped arrays (nothing copied)."""
 
     path: Path
     manifest: dict[str, Any]
-    item_matrix: np.ndarray
-    neighbors: np.ndarray
+    item_matrix: np.ndarray | None     # None in an "sknn" bundle (so are the next ones)
+    neighbors: np.ndarray | None
     item_category: np.ndarray | None
     item_bias: np.ndarray | None
-    input_embedding: np.ndarray        # the item matrix itself unless the model unties them
+    input_embedding: np.ndarray | None  # the item matrix itself unless the model unties them
     popularity: np.ndarray
     popularity_scores: np.ndarray
     ids: ItemIds
     category_indptr: np.ndarray | None = None   # [n_categories + 1] int64
     category_items: np.ndarray | None = None    # int32 rows, by category
+    session_index: SessionIndex | None = None   # session-kNN (SKNN_FILES)
 
     @property
     def predicts_categories(self) -> bool:
         """The encoder has a category head (an output of kind "category_scores")."""
-        return any(e["kind"] == "category_scores"
-                   for e in encoder_spec(self.manifest)["outputs"])
+        return scorer(self.manifest) == "encoder" and any(
+            e["kind"] == "category_scores" for e in encoder_spec(self.manifest)["outputs"])
 
     @property
     def encoder_path(self) -> Path:
@@ -130,7 +178,8 @@ class Bundle:
         arrs = [self.item_matrix, self.neighbors, self.item_category, self.item_bias,
                 self.input_embedding, self.popularity, self.popularity_scores,
                 self.ids.in_row_order, self.ids.sorted_ids, self.ids.order,
-                self.category_indptr, self.category_items]
+                self.category_indptr, self.category_items,
+                *(self.session_index.arrays() if self.session_index else ())]
         unique = {id(a): a for a in arrs if a is not None}
         return list(unique.values())
 
@@ -140,7 +189,7 @@ class Bundle:
 
 def _check_arrays(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
     """Shapes and dtypes: cheap, always run (on write and on every load)."""
-    n, d = manifest["n_items"], manifest["dim"]
+    n, d = manifest["n_items"], manifest.get("dim")
 
     def expect(name: str, ok: bool, what: str) -> None:
         if not ok:
@@ -154,6 +203,19 @@ def _check_arrays(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> No
                                    f"(found {'Fortran' if arr.flags.f_contiguous else 'C'} "
                                    f"order, dtype {arr.dtype.str})")
 
+    if SKNN_ITEM_INDPTR in arrays:
+        n_sessions = manifest["sknn"]["n_sessions"]
+        for name, rows in ((SKNN_ITEM_INDPTR, n), (SKNN_SESSION_INDPTR, n_sessions)):
+            expect(name, arrays[name].shape == (rows + 1,) and arrays[name].dtype == np.int64,
+                   f"[{rows + 1}] int64")
+        for name in (SKNN_ITEM_SESSIONS, SKNN_SESSION_ITEMS):
+            expect(name, arrays[name].ndim == 1 and arrays[name].dtype == np.int32,
+                   "a 1-D int32 array")
+        expect(SKNN_ITEM_WEIGHT, arrays[SKNN_ITEM_WEIGHT].shape == (n,)
+               and arrays[SKNN_ITEM_WEIGHT].dtype == np.float32, f"[{n}] float32")
+    if scorer(manifest) == "sknn":
+        _check_common_arrays(arrays, manifest, expect)
+        return
     m = arrays[ITEM_MATRIX]
     expect(ITEM_MATRIX, m.ndim == 2 and m.shape == (n, d)
            and m.dtype in (np.float32, np.float16), f"[{n}, {d}] float32 or float16")
@@ -161,9 +223,6 @@ def _check_arrays(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> No
     expect(NEIGHBORS, nb.ndim == 2 and nb.shape[0] == n and nb.dtype == np.int32
            and nb.shape[1] == manifest["neighbors_per_item"],
            f"[{n}, {manifest['neighbors_per_item']}] int32")
-    if ITEM_CATEGORY in arrays:
-        c = arrays[ITEM_CATEGORY]
-        expect(ITEM_CATEGORY, c.shape == (n,) and c.dtype == np.int32, f"[{n}] int32")
     if ITEM_BIAS in arrays:
         b = arrays[ITEM_BIAS]
         expect(ITEM_BIAS, b.shape == (n,) and b.dtype == np.float32, f"[{n}] float32")
@@ -177,6 +236,16 @@ def _check_arrays(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> No
         raise CorruptFileError(f"{MANIFEST}: input_dim={d_in} but there is no "
                                f"{INPUT_EMBEDDING}, so the encoder takes the item matrix "
                                f"rows (dim={d})")
+    _check_common_arrays(arrays, manifest, expect)
+
+
+def _check_common_arrays(arrays: dict[str, np.ndarray], manifest: dict[str, Any],
+                         expect) -> None:
+    """The arrays of every bundle, whatever its scorer."""
+    n = manifest["n_items"]
+    if ITEM_CATEGORY in arrays:
+        c = arrays[ITEM_CATEGORY]
+        expect(ITEM_CATEGORY, c.shape == (n,) and c.dtype == np.int32, f"[{n}] int32")
     p = arrays[POPULARITY]
     expect(POPULARITY, p.ndim == 1 and p.dtype == np.int32 and p.shape[0] <= n,
            f"[<= {n}] int32")
@@ -206,7 +275,16 @@ def _check_arrays(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> No
 def _check_values(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
     """Id ranges and orderings: O(size of the bundle), run on write and on verified loads."""
     n = manifest["n_items"]
-    in_range(NEIGHBORS, arrays[NEIGHBORS], -1, n)
+    if NEIGHBORS in arrays:
+        in_range(NEIGHBORS, arrays[NEIGHBORS], -1, n)
+    if SKNN_ITEM_SESSIONS in arrays:
+        in_range(SKNN_ITEM_SESSIONS, arrays[SKNN_ITEM_SESSIONS], 0,
+                 manifest["sknn"]["n_sessions"])
+        in_range(SKNN_SESSION_ITEMS, arrays[SKNN_SESSION_ITEMS], 0, n)
+        w = arrays[SKNN_ITEM_WEIGHT]
+        if not (np.abs(w) <= MAX_ABS_VALUE).all():
+            raise CorruptFileError(f"{SKNN_ITEM_WEIGHT}: holds NaN, infinite or out-of-range "
+                                   f"values (|x| > {MAX_ABS_VALUE:g})")
     pop = arrays[POPULARITY]
     if np.unique(pop).size != pop.size:
         raise CorruptFileError(f"{POPULARITY}: lists an item more than once")
@@ -275,16 +353,28 @@ def _check_manifest(manifest: Any, path: Path) -> None:
     if version > FORMAT_VERSION:
         raise VersionError(f"{where}: bundle format {version} is newer than this sessrec "
                            f"{__version__} reads (up to {FORMAT_VERSION}); upgrade sessrec")
-    if version >= 2:
+    kind = manifest.get("scorer", "encoder")
+    if kind not in SCORERS or (kind != "encoder" and version < 2):
+        raise CorruptFileError(f"{where}: scorer must be one of {SCORERS} (format 2), "
+                               f"got {kind!r}")
+    if version >= 2 and kind == "encoder":
         if "encoder" not in manifest:
             raise CorruptFileError(f"{where}: format 2 needs the encoder declaration")
         _check_encoder_spec(manifest["encoder"], where)
-    required = ("n_items", "dim", "input_dim", "neighbors_per_item", "id_kind", "files",
-                "model", "inference", "defaults")
+    sizes = ("n_items",) + (("dim", "input_dim", "neighbors_per_item") if kind == "encoder"
+                            else ())
+    required = (*sizes, "id_kind", "files", "model", "inference", "defaults",
+                *(("sknn",) if kind == "sknn" else ()))
     missing = [k for k in required if k not in manifest]
     if missing:
         raise CorruptFileError(f"{where}: missing keys {missing}")
-    for key in ("n_items", "dim", "input_dim", "neighbors_per_item"):
+    if "sknn" in manifest:
+        info = manifest["sknn"]
+        if not (isinstance(info, dict) and all(
+                _is_int(info.get(key)) and info[key] >= 1 for key in ("n_sessions", "sample"))):
+            raise CorruptFileError(f"{where}: sknn must be an object with ints n_sessions >= 1 "
+                                   "and sample >= 1")
+    for key in sizes:
         if not _is_int(manifest[key]) or manifest[key] < 1:
             raise CorruptFileError(f"{where}: {key} must be an int >= 1, "
                                    f"got {manifest[key]!r}")
@@ -331,10 +421,14 @@ def _check_defaults(d: Any, manifest: dict[str, Any], where: Path) -> None:
     missing = [k for k in DEFAULT_KEYS if k not in d]
     if missing:
         raise CorruptFileError(f"{where}: defaults miss {missing}")
-    width = manifest["neighbors_per_item"]
+    sknn = manifest.get("sknn")
+    if scorer(manifest) == "sknn":  # neighbors = neighbor sessions, within the sample
+        width, what = sknn["sample"], "sknn.sample"
+    else:
+        width, what = manifest["neighbors_per_item"], "neighbors_per_item"
     problems = {
         "k": "an int >= 1" if not (_is_int(d["k"]) and d["k"] >= 1) else None,
-        "neighbors": (f"an int in [1, neighbors_per_item={width}]"
+        "neighbors": (f"an int in [1, {what}={width}]"
                       if not (_is_int(d["neighbors"]) and 1 <= d["neighbors"] <= width)
                       else None),
         "category_filter": (f"one of {CATEGORY_FILTERS}"
@@ -351,7 +445,12 @@ def _check_defaults(d: Any, manifest: dict[str, Any], where: Path) -> None:
     if d["category_filter"] != "none" and not manifest.get("has_categories"):
         raise CorruptFileError(f"{where}: defaults.category_filter={d['category_filter']!r} "
                                f"needs {ITEM_CATEGORY}, which the bundle does not have")
-    head = manifest["format_version"] >= 2 and any(
+    if (d["candidates"] == "sessions") != (scorer(manifest) == "sknn") and not (
+            d["candidates"] == "sessions" and sknn is not None):
+        raise CorruptFileError(f"{where}: defaults.candidates={d['candidates']!r} does not fit "
+                               f"a bundle scored by {scorer(manifest)!r} (an sknn bundle's "
+                               "candidates are 'sessions', which needs the session index)")
+    head = manifest["format_version"] >= 2 and scorer(manifest) == "encoder" and any(
         e["kind"] == "category_scores" for e in encoder_spec(manifest)["outputs"])
     if (d["category_filter"] == "predicted" or d["candidates"] == "categories") and not head:
         raise CorruptFileError(f"{where}: defaults need an encoder that predicts categories "
@@ -402,7 +501,7 @@ def read_bundle(path: str | os.PathLike, verify: bool | None = None) -> Bundle:
     _check_manifest(manifest, path)
     mpath = path / MANIFEST
     files = manifest["files"]
-    for name in REQUIRED_FILES:
+    for name in required_files(manifest):
         if name not in files:
             raise CorruptFileError(f"{mpath}: does not list required file {name}")
     if bool(manifest.get("has_categories")) != (ITEM_CATEGORY in files):
@@ -421,11 +520,16 @@ def read_bundle(path: str | os.PathLike, verify: bool | None = None) -> Bundle:
     _check_rows(arrays, manifest)
     if verify:
         _check_values(arrays, manifest)
-    matrix = arrays[ITEM_MATRIX]
+    if SKNN_ITEM_INDPTR in files and "sknn" not in manifest:
+        raise CorruptFileError(f"{mpath}: a session index needs the sknn entry")
+    matrix = arrays.get(ITEM_MATRIX)
+    index = None
+    if SKNN_ITEM_INDPTR in arrays:
+        index = SessionIndex(*(arrays[name] for name in SKNN_FILES))
     return Bundle(
-        path=path, manifest=manifest, item_matrix=matrix, neighbors=arrays[NEIGHBORS],
+        path=path, manifest=manifest, item_matrix=matrix, neighbors=arrays.get(NEIGHBORS),
         item_category=arrays.get(ITEM_CATEGORY), item_bias=arrays.get(ITEM_BIAS),
-        input_embedding=arrays.get(INPUT_EMBEDDING, matrix),
+        input_embedding=arrays.get(INPUT_EMBEDDING, matrix), session_index=index,
         popularity=arrays[POPULARITY], popularity_scores=arrays[POPULARITY_SCORES],
         ids=ItemIds(arrays[ITEM_IDS], arrays[ITEM_IDS_SORTED], arrays[ITEM_IDS_ORDER]),
         category_indptr=arrays.get(CATEGORY_INDPTR), category_items=arrays.get(CATEGORY_INDICES))
@@ -473,11 +577,14 @@ def _check_rows(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None
     kernels and to ``take``: checked on every load (O(n_items) on int32 arrays), so an
     unverified bundle cannot make a call index outside the catalog."""
     n = manifest["n_items"]
-    if CATEGORY_INDPTR in arrays:
-        p, nnz = arrays[CATEGORY_INDPTR], len(arrays[CATEGORY_INDICES])
-        if p[0] != 0 or p[-1] != nnz or (p.size > 1 and (p[1:] < p[:-1]).any()):
-            raise CorruptFileError(f"{CATEGORY_INDPTR}: must rise from 0 to the length of "
-                                   f"{CATEGORY_INDICES} ({nnz})")
+    for indptr, data in ((CATEGORY_INDPTR, CATEGORY_INDICES),
+                         (SKNN_ITEM_INDPTR, SKNN_ITEM_SESSIONS),
+                         (SKNN_SESSION_INDPTR, SKNN_SESSION_ITEMS)):
+        if indptr in arrays:
+            p, nnz = arrays[indptr], len(arrays[data])
+            if p[0] != 0 or p[-1] != nnz or (p.size > 1 and (p[1:] < p[:-1]).any()):
+                raise CorruptFileError(f"{indptr}: must rise from 0 to the length of "
+                                       f"{data} ({nnz})")
     for name in (ITEM_IDS_ORDER, POPULARITY, CATEGORY_INDICES):
         if name in arrays:
             in_range(name, arrays[name], 0, n)
@@ -507,9 +614,9 @@ def _open_npy(path: Path) -> np.ndarray:
 def write_bundle(
     out: str | os.PathLike,
     *,
-    encoder: bytes | str | os.PathLike,
-    item_matrix: np.ndarray,
-    neighbors: np.ndarray,
+    encoder: bytes | str | os.PathLike | None,
+    item_matrix: np.ndarray | None,
+    neighbors: np.ndarray | None,
     item_ids: np.ndarray,
     popularity: np.ndarray,
     popularity_scores: np.ndarray,
@@ -524,6 +631,8 @@ def write_bundle(
     row_order: str = "given",
     encoder_io: dict[str, list[dict[str, str]]] | None = None,
     n_categories: int | None = None,
+    session_index: SessionIndex | None = None,
+    sknn: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a bundle atomically: build it in a sibling temp dir, then rename into place.
@@ -536,6 +645,9 @@ def write_bundle(
     INPUT_KINDS / OUTPUT_KINDS; default: items + item_rows -> query). An encoder with a
     ``category_scores`` output gets the category -> items index; ``n_categories`` is the
     width of that output (default: the largest category + 1).
+    ``session_index`` + ``sknn`` ({"n_sessions", "sample", ...}): the session-kNN index;
+    with ``encoder``, ``item_matrix`` and ``neighbors`` all None the bundle's scorer is
+    "sknn" (no encoder), otherwise the index rides along for ``candidates="sessions"``.
     Arrays are validated with the same checks the reader runs, so a bundle that writes is
     a bundle that loads.
     """
@@ -554,14 +666,23 @@ def write_bundle(
         id_kind = "str"
     else:
         raise TypeError(f"item_ids must be integers or str, got dtype {item_ids.dtype}")
-    n_items, dim = item_matrix.shape
+    knn_only = encoder is None and item_matrix is None and neighbors is None
+    if not knn_only and (encoder is None or item_matrix is None or neighbors is None):
+        raise ValueError("give encoder, item_matrix and neighbors together (or none of them "
+                         "for a session-kNN bundle)")
+    if (session_index is None) != (sknn is None) or (knn_only and session_index is None):
+        raise ValueError("a session-kNN bundle needs session_index and sknn")
+    n_items = len(item_ids)
     sorted_ids, order = sorted_index(item_ids)
-    arrays: dict[str, np.ndarray] = {
-        ITEM_MATRIX: item_matrix, NEIGHBORS: np.ascontiguousarray(neighbors, dtype=np.int32),
+    arrays: dict[str, np.ndarray] = {} if knn_only else {
+        ITEM_MATRIX: item_matrix, NEIGHBORS: np.ascontiguousarray(neighbors, dtype=np.int32)}
+    if session_index is not None:
+        arrays.update(zip(SKNN_FILES, session_index.arrays()))
+    arrays.update({
         POPULARITY: np.asarray(popularity, dtype=np.int32),
         POPULARITY_SCORES: np.asarray(popularity_scores, dtype=np.float32),
         ITEM_IDS: item_ids, ITEM_IDS_SORTED: sorted_ids, ITEM_IDS_ORDER: order,
-    }
+    })
     if item_category is not None:
         arrays[ITEM_CATEGORY] = np.asarray(item_category, dtype=np.int32)
     if item_bias is not None:
@@ -569,8 +690,12 @@ def write_bundle(
     if input_embedding is not None:
         arrays[INPUT_EMBEDDING] = input_embedding
     encoder_io = encoder_io or DEFAULT_ENCODER_SPEC
-    extra: dict[str, Any] = {}
-    if any(e["kind"] == "category_scores" for e in encoder_io.get("outputs", [])):
+    extra: dict[str, Any] = {} if sknn is None else {"sknn": dict(sknn)}
+    if knn_only:
+        extra["scorer"] = "sknn"
+        defaults = {"k": 10, "candidates": "sessions", "category_filter": "none",
+                    "exclude_session_items": False, **defaults}
+    elif any(e["kind"] == "category_scores" for e in encoder_io.get("outputs", [])):
         if item_category is None:
             raise ValueError("an encoder that predicts categories needs item_category")
         indptr, indices = category_index(arrays[ITEM_CATEGORY], arrays[POPULARITY],
@@ -578,30 +703,32 @@ def write_bundle(
         arrays[CATEGORY_INDPTR], arrays[CATEGORY_INDICES] = indptr, indices
         extra["n_categories"] = len(indptr) - 1
         defaults = {"categories": min(3, len(indptr) - 1), "max_candidates": 5000, **defaults}
-    defaults = {"k": 10, "candidates": "neighbors", "neighbors": int(neighbors.shape[1]),
-                **defaults}
+    width = sknn["sample"] if knn_only else int(neighbors.shape[1])
+    defaults = {"k": 10, "candidates": "neighbors", "neighbors": width, **defaults}
+    shapes = {} if knn_only else {
+        "dim": int(item_matrix.shape[1]),
+        "input_dim": int((input_embedding if input_embedding is not None
+                          else item_matrix).shape[1]),
+        "item_dtype": str(item_matrix.dtype),
+        "neighbors_per_item": int(neighbors.shape[1])}
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "model": model,
         "n_items": int(n_items),
-        "dim": int(dim),
-        "input_dim": int((input_embedding if input_embedding is not None
-                          else item_matrix).shape[1]),
-        "item_dtype": str(item_matrix.dtype),
-        "neighbors_per_item": int(neighbors.shape[1]),
+        **shapes,
         "row_order": row_order,
         "id_kind": id_kind,
         "has_categories": item_category is not None,
         "has_bias": item_bias is not None,
         **extra,
-        "score_transform": "dot",
-        "encoder": encoder_io,
+        **({} if knn_only else {"score_transform": "dot", "encoder": encoder_io}),
         "inference": inference,
         "defaults": defaults,
         "data_stats": data_stats or {},
         "created_by": {"sessrec": __version__, "numpy": np.__version__,
                        "python": platform.python_version(), **(tool_versions or {})},
-        "files": {name: {"sha256": "", "bytes": 0} for name in [ENCODER, *arrays]},
+        "files": {name: {"sha256": "", "bytes": 0}
+                  for name in [*([] if knn_only else [ENCODER]), *arrays]},
     }
     _check_manifest(manifest, out)  # the file entries are filled in once written
     _check_arrays(arrays, manifest)
@@ -614,11 +741,11 @@ def write_bundle(
     try:
         if isinstance(encoder, bytes):
             (tmp / ENCODER).write_bytes(encoder)
-        else:
+        elif encoder is not None:
             shutil.copyfile(encoder, tmp / ENCODER)
         for name, arr in arrays.items():
             np.save(tmp / name, arr, allow_pickle=False)
-        for name in sorted([ENCODER, *arrays]):
+        for name in sorted(manifest["files"]):
             manifest["files"][name] = {"sha256": sha256_of(tmp / name),
                                        "bytes": (tmp / name).stat().st_size}
             drop_cached(tmp / name)  # durable before the rename; read back in 2 MB pages

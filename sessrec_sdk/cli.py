@@ -51,14 +51,25 @@ def _inspect(args: argparse.Namespace) -> int:
     size = sum(f["bytes"] for f in m["files"].values())
     print(f"bundle       {Path(args.bundle).resolve()}")
     print(f"format       v{m['format_version']}, model {m['model']['kind']}")
-    print(f"items        {m['n_items']:,} ({m['id_kind']} ids), d={m['dim']} "
-          f"{m['item_dtype']}, K={m['neighbors_per_item']}, "
-          f"{m.get('row_order', 'given')} row order")
+    if m.get("scorer") == "sknn":
+        print(f"items        {m['n_items']:,} ({m['id_kind']} ids); session-kNN over "
+              f"{m['sknn']['n_sessions']:,} sessions, sample {m['sknn']['sample']}")
+    else:
+        print(f"items        {m['n_items']:,} ({m['id_kind']} ids), d={m['dim']} "
+              f"{m['item_dtype']}, K={m['neighbors_per_item']}, "
+              f"{m.get('row_order', 'given')} row order"
+              + (", session index" if "sknn" in m else ""))
     print(f"size         {size / 2**20:,.1f} MiB in {len(m['files'])} files")
     print(f"inference    {json.dumps(m['inference'])}")
     print(f"defaults     {json.dumps(m['defaults'])}")
     if m.get("data_stats"):
         print(f"data stats   {json.dumps(m['data_stats'])}")
+    v = m.get("validation")
+    if isinstance(v, dict):  # how the defaults were chosen, and every trial's figures
+        print(f"validation   {v.get('split', '?')} ({v.get('n_sessions', '?')} sessions), "
+              f"by {v.get('metric', '?')}: chosen {json.dumps(v.get('chosen'))}")
+        for trial in v.get("trials", []):
+            print(f"  trial      {json.dumps(trial)}")
     print(f"written by   {json.dumps(m['created_by'])}")
     isa = ""
     if rec.backend == "c":

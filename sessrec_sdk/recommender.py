@@ -15,6 +15,12 @@ A request flows top to bottom through :meth:`Recommender.recommend`, which is
 6. ``run``: rows go back to external ids in a read-only :class:`Recommendation`
    (result.py).
 
+A session-kNN bundle (manifest ``scorer`` "sknn") has no encoder: stages 4-5 are one call
+of the session-kNN kernel over the window (:meth:`knn_query`, kernels/sknn.py), which
+finds the most similar recent training sessions and scores their items. An encoder bundle
+that carries the session index can take its candidates from it (``candidates="sessions"``:
+the kNN kernel's top items, scored by the model).
+
 The stages are public so that benchmarks and the evaluation time or reuse them without a
 second implementation of the request path. A damaged bundle raises a ``BundleError``
 naming the file (errors.py), bad arguments raise ``TypeError``/``ValueError`` naming the
@@ -40,6 +46,7 @@ from .bundle import (
     Bundle,
     encoder_spec,
     read_bundle,
+    scorer,
 )
 from .encoder import CachedEncoder, EncoderOutputs, SessionEncoder
 from .errors import CorruptFileError
@@ -51,6 +58,7 @@ from .kernels import (
     Scratch,
     make_kernel,
 )
+from .kernels.sknn import IndexRangeError, SknnIndex, SknnQuery, SknnScratch, make_sknn_kernel
 from .limits import Limits
 from .result import Recommendation
 
@@ -58,7 +66,7 @@ log = logging.getLogger("sessrec")
 
 Backend = Literal["auto", "c", "numba", "numpy"]
 CategoryFilter = Literal["last", "session", "none", "predicted"]
-CandidatePolicy = Literal["neighbors", "categories"]
+CandidatePolicy = Literal["neighbors", "categories", "sessions"]
 Ids = Sequence[Any] | np.ndarray
 
 _NO_ROWS = np.empty(0, dtype=np.int32)
@@ -77,21 +85,33 @@ class _Served:
         self.limits = limits
         self.load_options = (encoder_cache, ort_options)
         self._popularity_rank: np.ndarray | None = None
-        encoder = SessionEncoder(bundle.encoder_path, encoder_spec(m), m["input_dim"],
-                                 m["dim"], ort_options)
-        self.encoder = CachedEncoder(encoder, encoder_cache) if encoder_cache else encoder
-        self.query_name = encoder.query_name  # the output of kind "query"
-        self.category_name = next((name for name, kind in encoder.output_kinds.items()
-                                   if kind == "category_scores"), None)
+        self.knn_only = scorer(m) == "sknn"
+        self.encoder = self.kernel = self.query_name = self.category_name = None
+        if not self.knn_only:
+            encoder = SessionEncoder(bundle.encoder_path, encoder_spec(m), m["input_dim"],
+                                     m["dim"], ort_options)
+            self.encoder = CachedEncoder(encoder, encoder_cache) if encoder_cache else encoder
+            self.query_name = encoder.query_name  # the output of kind "query"
+            self.category_name = next((name for name, kind in encoder.output_kinds.items()
+                                       if kind == "category_scores"), None)
+            self.kernel = make_kernel(CatalogArrays(bundle.item_matrix, bundle.neighbors,
+                                                    bundle.item_category, bundle.item_bias),
+                                      backend)
+        self.knn_kernel = self.knn_sample = None
+        if bundle.session_index is not None:
+            ix = bundle.session_index
+            self.knn_index = SknnIndex(ix.item_indptr, ix.item_sessions, ix.session_indptr,
+                                       ix.session_items, ix.item_weight, bundle.item_category)
+            self.knn_kernel = make_sknn_kernel(self.knn_index, backend)
+            self.knn_sample: int = m["sknn"]["sample"]
         self.n_categories: int = m.get("n_categories", 0)
-        self.kernel = make_kernel(CatalogArrays(bundle.item_matrix, bundle.neighbors,
-                                                bundle.item_category, bundle.item_bias),
-                                  backend)
         self.max_length: int = m["inference"]["max_session_length"]
         self.session_filter: str = m["inference"]["session_filter"]
         self.defaults: dict[str, Any] = m["defaults"]
         self.n_items: int = m["n_items"]
-        self.width: int = m["neighbors_per_item"]
+        # neighbors= bound: neighbor rows per item, or neighbor sessions within the sample
+        self.width: int = self.knn_sample if self.knn_only else m["neighbors_per_item"]
+        self.backend = (self.knn_kernel if self.knn_only else self.kernel).name
         self._local = threading.local()
         k, *rest = _options(self, None, None, None, None, None, None, None, None)
         self.default_options_k, self.default_options = k, tuple(rest)
@@ -114,6 +134,14 @@ class _Served:
             s = self._local.scratch = Scratch(self.n_items)
         return s
 
+    def knn_scratch(self) -> SknnScratch:
+        """This thread's session-kNN scratch (created on the thread's first kNN call)."""
+        s = getattr(self._local, "knn_scratch", None)
+        if s is None:
+            s = self._local.knn_scratch = SknnScratch(self.n_items, self.knn_index.n_sessions,
+                                                       self.knn_sample)
+        return s
+
 
 class CallPlan(NamedTuple):
     """One call with its options resolved and its ids mapped (stages 1-3); made by
@@ -126,7 +154,7 @@ class CallPlan(NamedTuple):
     exclude_session_items: bool
     candidates: str                # the candidate policy
     categories: int                # top predicted categories used (0: no category head)
-    max_candidates: int            # cap on the "categories" policy's candidates
+    max_candidates: int            # cap on the "categories"/"sessions" policies' candidates
     repeat_bonus: float            # added to a session item's score when it may be returned
     known: np.ndarray              # int32 rows of the known session ids, oldest first
     unknown: int                   # session ids not in the catalog
@@ -191,7 +219,7 @@ class Recommender:
     @property
     def backend(self) -> str:
         """The kernel backend in use: "c", "numba" or "numpy"."""
-        return self._served.kernel.name
+        return self._served.backend
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -305,6 +333,9 @@ class Recommender:
             return _empty(plan.unknown, "nothing_allowed")
         if plan.known.size == 0:
             return _popular(s, plan, "popularity")
+        if s.knn_only:  # session-kNN: one kernel call scores the neighbor sessions' items
+            top_rows, scores, n_cand = self.score(plan, self.knn_query(plan))
+            return _result(s, plan, top_rows, scores, n_cand)
         if outputs is None:
             outputs = _encode(s, plan.window)
         query = outputs[s.query_name]
@@ -317,17 +348,13 @@ class Recommender:
             top_rows, scores = _merge(top_rows, scores, r_rows,
                                       r_scores + np.float32(plan.repeat_bonus), plan.k)
             n_cand += r_cand
-        if not math.isfinite(scores.sum()):  # rows of an unverified, damaged bundle
-            return _popular(s, plan, "nonfinite_scores")
-        if top_rows.size == 0:
-            return _empty(plan.unknown, "no_candidates", n_cand)
-        return Recommendation(s.bundle.ids.external(top_rows), scores, None, plan.unknown,
-                              n_cand)
+        return _result(s, plan, top_rows, scores, n_cand)
 
     def encode(self, plan: CallPlan) -> EncoderOutputs | None:
         """Stage 4: the encoder's named outputs for the plan's window (the query vector
-        under the output of kind "query"); None for a session with no known item."""
-        if plan.known.size == 0:
+        under the output of kind "query"); None for a session with no known item and on a
+        session-kNN bundle (no encoder)."""
+        if plan.known.size == 0 or plan.served.knn_only:
             return None
         return _encode(plan.served, plan.window)
 
@@ -350,6 +377,10 @@ class Recommender:
         n_use, cands = plan.neighbors, None
         if plan.candidates == "categories":
             n_use, cands = 0, _category_items(s, top_cats, plan.max_candidates)
+        elif plan.candidates == "sessions":  # the kNN kernel's top items, model-scored
+            knn = self.knn_query(plan)._replace(k=plan.max_candidates, exclude_session=True,
+                                                allowed_cats=allowed_cats)
+            n_use, cands = 0, self.score(plan, knn)[0]
         return KernelQuery(seeds=window, query=outputs[s.query_name], k=plan.k, n_use=n_use,
                            exclude_seeds=True, excluded=excluded, allowed=plan.allowed,
                            allowed_cats=allowed_cats, candidates=cands)
@@ -362,10 +393,29 @@ class Recommender:
         return main._replace(seeds=plan.known, n_use=0, exclude_seeds=False,
                              excluded=plan.excluded, candidates=None)
 
-    def score(self, plan: CallPlan, q: KernelQuery) -> tuple[np.ndarray, np.ndarray, int]:
-        """Stage 5: (top rows, their scores, rows scored) from the plan's bundle's kernel."""
+    def knn_query(self, plan: CallPlan) -> SknnQuery:
+        """Stages 4-5's input on a bundle with a session index: the window, the sample and
+        neighbor sessions, the rules and filters of the plan (kernels/sknn.py)."""
+        s, window = plan.served, plan.window
+        allowed_cats = None
+        if plan.category_filter == "last":
+            allowed_cats = s.bundle.item_category[window[-1:]]
+        elif plan.category_filter == "session":
+            allowed_cats = np.unique(s.bundle.item_category[window])
+        neighbors = plan.neighbors if s.knn_only else s.defaults.get("knn_neighbors", 100)
+        return SknnQuery(session=window, sample=s.knn_sample, neighbors=neighbors, k=plan.k,
+                         exclude_session=plan.exclude_session_items,
+                         session_bonus=plan.repeat_bonus, excluded=plan.excluded,
+                         allowed=plan.allowed, allowed_cats=allowed_cats)
+
+    def score(self, plan: CallPlan, q: KernelQuery | SknnQuery
+              ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Stage 5: (top rows, their scores, rows scored) from the plan's bundle's kernel
+        (the session-kNN kernel for an :class:`SknnQuery`)."""
         s = plan.served
         try:
+            if isinstance(q, SknnQuery):
+                return s.knn_kernel.top_k(q, s.knn_scratch())
             return s.kernel.top_k(q, s.scratch())
         except NeighborRangeError as exc:
             raise CorruptFileError(f"{s.bundle.path / NEIGHBORS}: row {exc.item_row} holds an "
@@ -373,6 +423,9 @@ class Recommender:
         except RowRangeError as exc:  # only a damaged id order can produce such a row
             raise CorruptFileError(f"{s.bundle.path / ITEM_IDS_ORDER}: maps an id to row "
                                    f"{exc.row}, outside the catalog (damaged bundle?)") from None
+        except IndexRangeError as exc:
+            raise CorruptFileError(f"{s.bundle.path / exc.array_name}: {exc} (damaged "
+                                   "bundle?)") from None
 
     # ------------------------------------------------------------------ shortcuts
 
@@ -385,6 +438,8 @@ class Recommender:
     def query(self, session: Ids) -> np.ndarray | None:
         """The session vector the candidates are scored against (None: no known item)."""
         plan = self.plan(session)
+        if plan.served.knn_only:
+            raise ValueError("a session-kNN bundle has no encoder and no query vector")
         outputs = self.encode(plan)
         return None if outputs is None else outputs[plan.served.query_name]
 
@@ -394,13 +449,14 @@ class Recommender:
 
 def _log_load(s: _Served, verify: bool | None, prefault: bool, asked: str) -> None:
     m = s.bundle.manifest
-    log.info("loaded %s: %s v%d, %d items, d=%d, K=%d; backend %s, verify=%s, prefault=%s",
+    shape = (f"{m['sknn']['n_sessions']} sessions, sample {s.knn_sample}" if s.knn_only
+             else f"d={m['dim']}, K={m['neighbors_per_item']}")
+    log.info("loaded %s: %s v%d, %d items, %s; backend %s, verify=%s, prefault=%s",
              s.bundle.path, m["model"].get("kind", "?"), m["format_version"], m["n_items"],
-             m["dim"], m["neighbors_per_item"], s.kernel.name, verify, prefault)
-    if asked == "auto" and s.kernel.name != "c":
+             shape, s.backend, verify, prefault)
+    if asked == "auto" and s.backend != "c":
         log.warning("the C kernel extension is not built: serving with the %s backend, "
-                    "several times slower (reinstall sessrec with a C compiler)",
-                    s.kernel.name)
+                    "several times slower (reinstall sessrec with a C compiler)", s.backend)
 
 
 def _read(path: str | os.PathLike, verify: bool | None, prefault: bool) -> Bundle:
@@ -442,7 +498,16 @@ def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, c
     if policy not in CANDIDATE_POLICIES:
         raise ValueError(f"candidates must be one of {CANDIDATE_POLICIES} for this bundle, "
                          f"got {policy!r}")
+    if s.knn_only and policy != "sessions":
+        raise ValueError(f"a session-kNN bundle takes its candidates from sessions only, "
+                         f"got candidates={policy!r}")
+    if policy == "sessions" and s.knn_kernel is None:
+        raise ValueError("candidates='sessions' needs a bundle with a session index "
+                         "(sknn_*.npy), which this one does not have")
     n_cats, cap = 0, 0
+    if policy == "sessions" and not s.knn_only:
+        cap = _int_option("max_candidates", d.get("max_candidates", 500)
+                          if max_candidates is None else max_candidates, 1, None)
     if s.category_name is None:
         if cat_filter == "predicted" or policy == "categories" or categories is not None:
             raise ValueError("category_filter='predicted', candidates='categories' and "
@@ -451,8 +516,9 @@ def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, c
     else:
         n_cats = _int_option("categories", d["categories"] if categories is None else categories,
                              1, s.n_categories)
-        cap = _int_option("max_candidates", d["max_candidates"] if max_candidates is None
-                          else max_candidates, 1, None)
+        if policy != "sessions":
+            cap = _int_option("max_candidates", d["max_candidates"] if max_candidates is None
+                              else max_candidates, 1, None)
         if policy == "categories" and s.bundle.category_indptr is None:
             raise ValueError("candidates='categories' needs the bundle's category index "
                              "(category_items_*.npy), which this bundle does not have")
@@ -472,6 +538,15 @@ def _merge(rows_a: np.ndarray, scores_a: np.ndarray, rows_b: np.ndarray,
     scores = np.concatenate([scores_a, scores_b]).astype(np.float32, copy=False)
     order = np.lexsort((rows, -scores))[:k]
     return rows[order], scores[order]
+
+
+def _result(s: _Served, plan: CallPlan, top_rows: np.ndarray, scores: np.ndarray,
+            n_cand: int) -> Recommendation:
+    if not math.isfinite(scores.sum()):  # rows of an unverified, damaged bundle
+        return _popular(s, plan, "nonfinite_scores")
+    if top_rows.size == 0:
+        return _empty(plan.unknown, "no_candidates", n_cand)
+    return Recommendation(s.bundle.ids.external(top_rows), scores, None, plan.unknown, n_cand)
 
 
 def _int_option(name: str, v, lo: int, hi: int | None) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from . import attenmixer, grainrec, hiersrec
+from . import attenmixer, grainrec, hiersrec, sknn
 from .attenmixer import AttenMixer
 from .base import Batch, ExportSpec, ItemTables, SessionModel, TensorSpec, TrainingData
 from .grainrec import EncoderForExport, GRAINRec
@@ -101,7 +101,12 @@ register("grainrec", GRAINRec, grainrec.PRESETS)
 register("attenmixer", AttenMixer, attenmixer.PRESETS)
 register("hiersrec", HierSRec, hiersrec.PRESETS)
 
+#: Models without weights: an index of the training sessions, built and tuned by their
+#: module's ``train_sknn``, written to a bundle whose scorer is the session-kNN kernel.
+INDEX_MODELS: dict[str, dict] = {"sknn": sknn.PRESETS}
+
 __all__ = [
+    "INDEX_MODELS",
     "MODELS",
     "PRESETS",
     "REGISTRY",
