@@ -21,8 +21,9 @@ ffi.cdef(_cdef())
 ffi.set_source(
     "sessrec_sdk._kernels",
     '#include "sessrec_kernels.h"',
-    sources=[str((HERE / "sessrec_kernels.c").relative_to(Path.cwd()))
-             if HERE.is_relative_to(Path.cwd()) else str(HERE / "sessrec_kernels.c")],
+    sources=[str((HERE / name).relative_to(Path.cwd()))
+             if HERE.is_relative_to(Path.cwd()) else str(HERE / name)
+             for name in ("sessrec_kernels.c", "sessrec_sknn.c")],
     include_dirs=[str(HERE)],
     # -ffp-contract=off: no fused multiply-add, so C, Numba and numpy round alike.
     # -Wno-psabi: GCC notes the ABI of AVX vector types in the non-AVX clone; the

@@ -3,7 +3,7 @@
 # of the source tree (the shared sessrec_sdk/_kernels*.so is never touched), then:
 #   1. a deliberate out-of-bounds write (an excluded row >= n_items passed straight to the
 #      C kernel) must be reported: proof that the sanitizers are live in this build;
-#   2. tests/test_kernels.py and tests/test_bad_input.py;
+#   2. tests/test_kernels.py, tests/test_sknn_kernels.py and tests/test_bad_input.py;
 #   3. tests/fuzz_kernels.py: FUZZ_CALLS (default 12000) hypothesis-generated calls of
 #      sr_top_k (both instruction sets) and sr_find_int64 against the numpy reference.
 # Prints the number of sanitizer reports; exits non-zero on any report or test failure.
@@ -88,7 +88,8 @@ fi
 
 status=0
 echo "== 2. kernel and bad-input tests"
-"$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_bad_input.py \
+"$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_sknn_kernels.py \
+    tests/test_bad_input.py \
     > "$LOG/tests.txt" 2>&1 || status=1
 tail -n 3 "$LOG/tests.txt" | sed 's/^/   /'
 
