@@ -520,6 +520,16 @@ def test_scratch_slots_grow_to_at_most_the_sessions():
     assert s.capacity == 4 and s.slot_sim.shape == (4,)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_k_larger_than_the_catalog(backend):
+    index = _tiny()
+    rows, scores, n = make_sknn_kernel(index, backend).top_k(
+        query([0, 1], k=2**31 - 1, exclude_session=False), SknnScratch.for_index(index))
+    want = oracle(index, query([0, 1], k=2**31 - 1, exclude_session=False))
+    assert rows.tolist() == want[0] and n == want[2] == 4
+    assert _bits(scores).tolist() == _bits(want[1]).tolist()
+
+
 def test_reference_is_the_numpy_backend_and_auto_is_c():
     index = _tiny()
     assert make_sknn_kernel(index).name == "c"

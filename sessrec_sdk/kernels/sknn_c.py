@@ -80,7 +80,7 @@ class CSknnKernel:
             ptrs = scratch.c_pointers = self._pin(scratch)
         sc, cq, n_cand = ptrs[0], ptrs[1], ptrs[2]
         sc.epoch = scratch.next_epoch()
-        k = q.k
+        k = min(q.k, max(index.n_items, 1))  # never more results than items: no huge buffers
         out_rows = np.empty(k, dtype=np.int32)
         out_scores = np.empty(k, dtype=np.float32)
         cats, allowed = q.allowed_cats, q.allowed
@@ -103,6 +103,6 @@ class CSknnKernel:
                 err = scratch.error
                 raise IndexRangeError(INDEX_ARRAYS[int(err[0])], int(err[1]))
             raise ValueError(f"session-kNN kernel arguments out of range (sample="
-                             f"{q.sample}, neighbors={q.neighbors}, k={k}, categories="
+                             f"{q.sample}, neighbors={q.neighbors}, k={q.k}, categories="
                              f"{'yes' if index.categories is not None else 'no'})")
         return out_rows[:n], out_scores[:n], int(n_cand[0])

@@ -343,7 +343,7 @@ class NumbaSknnKernel:
         check_sknn_query(index, q)
         scratch.fits(index)
         scratch.reserve(q.sample)
-        k = q.k
+        k = min(q.k, max(index.n_items, 1))  # never more results than items: no huge buffers
         out_rows = np.empty(k, dtype=np.int32)
         out_scores = np.empty(k, dtype=np.float32)
         s = scratch
