@@ -16,10 +16,16 @@
    those rates;
 5. write the bundle to a temporary directory, load it with the SDK and check that the SDK's
    scores equal the torch model's on sampled real sessions (including repeated items);
-6. when the checkpoint held out validation sessions (``sessrec train`` does), run the SDK on
-   them with each category filter and make the most accurate one (HR@20) the default: the
+6. when the checkpoint held out validation sessions (``sessrec train`` does: the most
+   recent 10% of its training sessions by default), run the SDK on them and choose, by
+   HR@20 then MRR@20, whether session items may be recommended, the session window, the
+   default category filter and the repeat bonus (:func:`defaults_by_validation`): the
    rates of step 4 say how often a filter keeps the next item, not whether ranking inside
-   fewer candidates wins; only then move the bundle into place.
+   fewer candidates wins. The manifest records every trial under ``validation``
+   (``sessrec inspect`` prints them); only then move the bundle into place.
+
+An ``sknn`` checkpoint (a session index, no weights) goes through
+:func:`export_sknn_bundle` instead: its setting was chosen on validation at training.
 """
 from __future__ import annotations
 
@@ -56,27 +62,81 @@ class ParityError(RuntimeError):
     """The exported encoder + SDK do not reproduce the torch model's scores."""
 
 
-def category_filter_by_validation(bundle: Path, valid_rows: list[np.ndarray],
-                                  catalog: D.Catalog, progress: bool) -> dict:
-    """HR@20 of the SDK on held-out sessions (rows; last item = target) for each category
-    filter, best first (ties keep the order none, last, session: the least restrictive
-    wins)."""
+#: Session windows (items the encoder sees) tried on the validation sessions.
+WINDOWS = (1, 2, 3, 5, 10, 20)
+#: Repeat bonuses tried, in units of the median spread of a top-20 list (top-1 score
+#: minus 20th) on validation: from a nudge to "session items first".
+BONUS_MULTIPLES = (0.1, 0.25, 0.5, 1.0, 2.0, 1e3)
+
+
+def defaults_by_validation(bundle: Path, valid_rows: list[np.ndarray], catalog: D.Catalog,
+                           progress: bool, log=print) -> tuple[dict, list[dict]]:
+    """Choose the bundle's session window, default category filter and repeat handling
+    on held-out sessions (rows; last item = the target), the SDK answering each
+    validation session as it would in service: a coordinate search from the written
+    defaults, best HR@20 (then MRR@20) kept; returns (chosen setting with its figures,
+    every trial). Ties keep the earlier setting (the written default, the less
+    restrictive filter, the smaller bonus)."""
     from sessrec_sdk import Recommender
 
-    from .evaluate import MemoEncoder, evaluate_lists
+    from .evaluate import MemoEncoder
+    from .metrics import list_rank, ranking_metrics
 
     rec = Recommender.load(bundle)
-    rec._served.encoder = MemoEncoder(rec._served.encoder)  # one encoder run per session
+    served = rec._served
+    served.encoder = MemoEncoder(served.encoder)  # one encoder run per session and window
     ids = np.asarray(catalog.item_ids)
     sessions = [np.asarray(v) for v in valid_rows]
     inputs, targets = [ids[s[:-1]] for s in sessions], ids[[s[-1] for s in sessions]]
-    hr = {}
-    for f in ("none", "last", "session"):
-        row = evaluate_lists(f"validation/sdk/{f}",
-                             lambda x, f=f: rec.recommend(x, k=20, category_filter=f).item_ids,
-                             inputs, targets, progress)
-        hr[f] = round(row["HR@20"], 6)
-    return dict(sorted(hr.items(), key=lambda kv: -kv[1]))
+    d = rec.manifest["defaults"]
+    best = {"window": served.max_length, "category_filter": d["category_filter"],
+            "exclude_session_items": d["exclude_session_items"],
+            "repeat_bonus": float(d.get("repeat_bonus", 0.0))}
+    trials: list[dict] = []
+
+    def run(setting: dict) -> dict:
+        served.max_length = setting["window"]
+        opts = {k: setting[k] for k in ("category_filter", "exclude_session_items",
+                                        "repeat_bonus")}
+        ranks = np.fromiter((list_rank(rec.recommend(x, k=20, **opts).item_ids, t)
+                             for x, t in zip(inputs, targets)), np.int64, len(targets))
+        m = ranking_metrics(ranks)
+        m = {"HR@20": round(m["HR@20"], 6), "MRR@20": round(m["MRR@20"], 6)}
+        trials.append({**setting, **m})
+        log(f"  validation {setting}: HR@20 {m['HR@20']:.4f} MRR@20 {m['MRR@20']:.4f}")
+        return m
+
+    def better(a: dict, b: dict) -> bool:
+        return (a["HR@20"], a["MRR@20"]) > (b["HR@20"], b["MRR@20"])
+
+    best_m = run(best)
+    filters = ("none", "last", "session") if rec.manifest["has_categories"] else ("none",)
+    for key, values in (("exclude_session_items", (True, False)), ("window", WINDOWS),
+                        ("category_filter", filters)):
+        for value in values:
+            trial = {**best, key: value}
+            if trial == best:
+                continue
+            m = run(trial)
+            if better(m, best_m):
+                best, best_m = trial, m
+    served.max_length = best["window"]
+    spreads = []
+    for x in inputs[:2000]:
+        sc = rec.recommend(x, k=20, category_filter=best["category_filter"]).scores
+        if sc.size >= 2:
+            spreads.append(float(sc[0] - sc[-1]))
+    unit = float(np.median(spreads)) if spreads else 1.0
+    base = {**best, "exclude_session_items": False}
+    for mult in BONUS_MULTIPLES:
+        m = run({**base, "repeat_bonus": round(mult * unit, 6)})
+        if better(m, best_m):
+            best, best_m = {**base, "repeat_bonus": round(mult * unit, 6)}, m
+    return {**best, **best_m}, trials
+
+
+def _quiet(*_args) -> None:
+    pass
 
 
 def validation_sessions(sessions: list[np.ndarray], config: dict, train_csv
@@ -183,11 +243,14 @@ def export_bundle(
     item_dtype: str = "float32",
     overwrite: bool = False,
     progress: bool = True,
+    tune_defaults: bool = True,
 ) -> tuple[Path, dict]:
     """Export a checkpoint to a bundle; returns (path, report with timings and parity).
 
-    ``category_filter``: the bundle's default filter; None chooses it on the checkpoint's
-    validation sessions (or, without them, from the training-data rates). ``row_order``:
+    ``tune_defaults``: choose the session window, the default category filter and the
+    repeat handling on the checkpoint's validation sessions (:func:`defaults_by_validation`;
+    without them the training-data rates set the defaults); ``category_filter`` then
+    overrides the chosen filter. ``row_order``:
     "locality" numbers the bundle's rows along the neighbor graph (export_tools.layout),
     "given" keeps the model's item order. ``item_dtype="float16"`` stores the scored rows
     in half precision (half the bytes a call reads; scores move by the rounding, reported
@@ -280,19 +343,30 @@ def export_bundle(
                            "onnxruntime": onnxruntime.__version__})
         report["parity"] = check_parity(candidate, model, catalog,
                                         parity_sessions(sessions, n_parity))
-        if category_filter is None:
-            valid, why_not = validation_sessions(sessions, config, train_csv)
-            if valid:
-                hr = category_filter_by_validation(candidate, valid, catalog, progress)
-                stats = {**stats, "validation_hr20_by_category_filter": hr}
-                category_filter = next(iter(hr))
-                report["category_filter_choice"] = "best validation HR@20"
-            else:
-                report["category_filter_choice"] = f"from training-data rates: {why_not}"
-        if category_filter is not None:  # only the manifest (defaults, stats) changes
-            written = json.loads((candidate / "manifest.json").read_text())["defaults"]
-            defaults = {**written, "category_filter": category_filter}
-            update_manifest(candidate, defaults=defaults, data_stats=stats)
+        written = json.loads((candidate / "manifest.json").read_text())
+        defaults, inference = written["defaults"], written["inference"]
+        valid, why_not = validation_sessions(sessions, config, train_csv)
+        if tune_defaults and valid:  # only the manifest (defaults, window, record) changes
+            chosen, trials = defaults_by_validation(candidate, valid, catalog, progress,
+                                                    log=print if progress else _quiet)
+            defaults = {**defaults, **{k: chosen[k] for k in (
+                "category_filter", "exclude_session_items", "repeat_bonus")}}
+            inference = {**inference, "max_session_length": chosen["window"]}
+            validation = {
+                "split": f"{config.get('valid_split', 'random')} "
+                         f"{config['valid_fraction']:.0%} of the training sessions",
+                "n_sessions": len(valid),
+                "metric": "HR@20, then MRR@20 (last item of each validation session)",
+                "chosen": chosen, "trials": trials}
+            update_manifest(candidate, defaults=defaults, inference=inference,
+                            validation=validation)
+            report["defaults_choice"] = "best validation HR@20 (then MRR@20)"
+        else:
+            report["defaults_choice"] = ("from training-data rates: "
+                                         + (why_not or "tuning turned off"))
+        if category_filter is not None:
+            defaults = {**defaults, "category_filter": category_filter}
+            update_manifest(candidate, defaults=defaults)
         replace_dir(candidate, out)  # atomic: a reloading server sees old or new, whole
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -363,7 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "of item embeddings, or 'model': the model's own top items after the "
                    "one-item session [item]")
     p.add_argument("--max-session-length", type=int, default=3,
-                   help="items of a session the SDK encodes (paper: 3)")
+                   help="items of a session the SDK encodes (paper: 3); the starting point "
+                   "of the validation search unless --no-tune")
+    p.add_argument("--no-tune", action="store_true",
+                   help="keep the given window and the rate-based defaults instead of "
+                   "choosing them on the checkpoint's validation sessions")
     p.add_argument("--session-filter", choices=["none", "last_category"], default=None,
                    help="default: last_category if the model was trained that way")
     p.add_argument("--category-filter", choices=["none", "last", "session"], default=None,
@@ -393,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             category_filter=args.category_filter,
             n_parity=args.parity_sessions, row_order=args.row_order,
             item_dtype=args.item_dtype, overwrite=args.overwrite,
-            progress=not args.no_progress)
+            progress=not args.no_progress, tune_defaults=not args.no_tune)
     except (ParityError, FileExistsError, ValueError) as exc:
         print(f"sessrec export: error: {exc}", file=sys.stderr)
         return 1

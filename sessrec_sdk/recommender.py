@@ -43,6 +43,7 @@ from .bundle import (
     CATEGORY_FILTERS,
     ITEM_IDS_ORDER,
     NEIGHBORS,
+    SKNN_FILES,
     Bundle,
     encoder_spec,
     read_bundle,
@@ -58,7 +59,14 @@ from .kernels import (
     Scratch,
     make_kernel,
 )
-from .kernels.sknn import IndexRangeError, SknnIndex, SknnQuery, SknnScratch, make_sknn_kernel
+from .kernels.sknn import (
+    INDEX_ARRAYS,
+    IndexRangeError,
+    SknnIndex,
+    SknnQuery,
+    SknnScratch,
+    make_sknn_kernel,
+)
 from .limits import Limits
 from .result import Recommendation
 
@@ -423,9 +431,9 @@ class Recommender:
         except RowRangeError as exc:  # only a damaged id order can produce such a row
             raise CorruptFileError(f"{s.bundle.path / ITEM_IDS_ORDER}: maps an id to row "
                                    f"{exc.row}, outside the catalog (damaged bundle?)") from None
-        except IndexRangeError as exc:
-            raise CorruptFileError(f"{s.bundle.path / exc.array_name}: {exc} (damaged "
-                                   "bundle?)") from None
+        except IndexRangeError as exc:  # a list of an unverified session index
+            name = dict(zip(INDEX_ARRAYS, SKNN_FILES)).get(exc.array_name, exc.array_name)
+            raise CorruptFileError(f"{s.bundle.path / name}: {exc} (damaged bundle?)") from None
 
     # ------------------------------------------------------------------ shortcuts
 

@@ -157,14 +157,22 @@ def test_export_parity_and_round_trip(tiny_run):
     assert m["model"]["kind"] == "grainrec" and m["neighbors_per_item"] == 20
     trained_filtered = json.loads((ckpt / "config.json").read_text())["train_config"][
         "same_category"]
-    assert m["inference"] == {"max_session_length": 3, "session_filter":
-                              "last_category" if trained_filtered else "none"}
+    assert m["inference"]["session_filter"] == ("last_category" if trained_filtered
+                                                else "none")
     assert 0 < m["data_stats"]["next_same_last_category"] <= 1
-    # the default category filter is the most accurate one on the validation sessions
-    hr = m["data_stats"]["validation_hr20_by_category_filter"]
-    assert set(hr) == {"none", "last", "session"} and all(0 <= v <= 1 for v in hr.values())
-    assert m["defaults"]["category_filter"] == max(hr, key=hr.get)
-    assert report["category_filter_choice"] == "best validation HR@20"
+    # the defaults are the most accurate setting tried on the validation sessions
+    v = m["validation"]
+    assert report["defaults_choice"] == "best validation HR@20 (then MRR@20)"
+    keys = ("window", "category_filter", "exclude_session_items", "repeat_bonus")
+    assert {t["category_filter"] for t in v["trials"]} == {"none", "last", "session"}
+    assert {t["window"] for t in v["trials"]} >= {1, 3, 20}
+    best = max(v["trials"], key=lambda t: (t["HR@20"], t["MRR@20"]))
+    assert (best["HR@20"], best["MRR@20"]) == (v["chosen"]["HR@20"], v["chosen"]["MRR@20"])
+    assert m["defaults"]["category_filter"] == v["chosen"]["category_filter"]
+    assert m["defaults"]["exclude_session_items"] == v["chosen"]["exclude_session_items"]
+    assert m["defaults"]["repeat_bonus"] == v["chosen"]["repeat_bonus"]
+    assert m["inference"]["max_session_length"] == v["chosen"]["window"]
+    assert all(set(keys) <= set(t) for t in v["trials"])
     catalog_ids = np.load(ckpt / "item_ids.npy")
     # rows are renumbered along the neighbor graph: the same catalog in another order
     assert m["row_order"] == "locality"
