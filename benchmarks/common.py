@@ -68,6 +68,37 @@ def _items(n: int) -> str:
     return str(n)
 
 
+def _items_dec(n: int) -> str:
+    """6.5M, 1M, 40k: catalog sizes as the tables name them."""
+    if n >= 1_000_000 and n % 100_000 == 0:
+        return f"{n / 1_000_000:g}M"
+    return _items(n)
+
+
+@dataclass(frozen=True)
+class SknnSpec:
+    """The parameters of a synthetic session-kNN bundle (export_tools.synthetic.
+    build_synthetic_sknn_bundle; also its cache key): ``sample`` = each item's most recent
+    sessions in the index and the candidate sessions of a call, ``neighbors`` = neighbor
+    sessions, ``window`` = session items a call reads (sessions have at most 20 events)."""
+
+    n_items: int
+    n_sessions: int
+    sample: int = 500
+    neighbors: int = 100
+    window: int = 20
+    seed: int = SEED
+
+    @property
+    def key(self) -> str:
+        return (f"sknn-n{self.n_items}-S{self.n_sessions}-m{self.sample}-k{self.neighbors}"
+                f"-w{self.window}-s{self.seed}")
+
+    @property
+    def name(self) -> str:
+        return f"synthetic {_items_dec(self.n_items)}"
+
+
 @dataclass(frozen=True)
 class Profile:
     """What one run measures: the reference point and one sweep per axis around it."""
@@ -98,18 +129,25 @@ class Profile:
     memory_calls: int = 2000
     grainrec: bool = True            # benchmark the exported GRAINRec bundle if present
     accuracy_limit: int | None = None
+    # synthetic session-kNN bundles (recommend() with their defaults); real sknn bundles
+    # come from SESSREC_BENCH_SKNN_BUNDLES (sknn_real_bundles) in every profile
+    sknn: tuple[SknnSpec, ...] = ()
 
     def spec(self, **changes) -> BundleSpec:
         return replace(self.ref, **changes)
 
 
-FULL = Profile(name="full", ref=BundleSpec(n_items=1_000_000, dim=256, K=100))
+FULL = Profile(name="full", ref=BundleSpec(n_items=1_000_000, dim=256, K=100),
+               # 1M items, and 6.5M: the catalog size of Serenade's published figure
+               sknn=(SknnSpec(1_000_000, 2_000_000), SknnSpec(6_500_000, 13_000_000)))
 
 SMOKE = Profile(
     name="smoke", ref=BundleSpec(n_items=4000, dim=32, K=20), sizes=(1000, 4000),
     dims=(16, 32), Ks=(5, 10, 20, 30), pool_size=200, max_rounds=20, min_rounds=3,
     budget_s=0.02, warmup_rounds=3, hnsw_ef_sweep=(16, 64), floor_blocks=8, memory_procs=4,
-    memory_calls=50, grainrec=False, accuracy_limit=300)
+    memory_calls=50, grainrec=False, accuracy_limit=300,
+    sknn=(SknnSpec(4000, 8000, sample=100, neighbors=50),
+          SknnSpec(20_000, 40_000, sample=100, neighbors=50)))
 
 PROFILES = {"full": FULL, "smoke": SMOKE}
 
@@ -155,6 +193,73 @@ def ensure_bundle(spec: BundleSpec) -> Path:
                                row_order=spec.row_order,
                                progress=sys.stderr.isatty())
         log(f"built {spec.key} in {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+def sknn_bundle_dir(spec: SknnSpec) -> Path:
+    return cache_root() / "bench-bundles" / spec.key
+
+
+def ensure_sknn_bundle(spec: SknnSpec) -> Path:
+    """The cached synthetic session-kNN bundle of ``spec``, built on first use."""
+    out = sknn_bundle_dir(spec)
+    if (out / "manifest.json").is_file():
+        return out
+    with file_lock(out.with_name(f".{out.name}.lock")):
+        if (out / "manifest.json").is_file():
+            return out
+        from export_tools.synthetic import build_synthetic_sknn_bundle
+
+        log(f"building synthetic sknn bundle {spec.key} (once; cached in {out.parent})")
+        t0 = time.perf_counter()
+        build_synthetic_sknn_bundle(out, spec.n_items, spec.n_sessions, sample=spec.sample,
+                                    neighbors=spec.neighbors, window=spec.window,
+                                    seed=spec.seed, progress=True)
+        log(f"built {spec.key} in {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+#: Real session-kNN bundles and their test sessions: NAME=BUNDLE:TEST_CSV, comma-separated
+#: (relative paths from the repository root). Overridden by SESSREC_BENCH_SKNN_BUNDLES; an
+#: empty value times none.
+SKNN_BUNDLES_DEFAULT = ("retailrocket=runs/sknn-rr-bundle:data/retailrocket/test.csv.gz,"
+                        "diginetica=runs/sknn-dg-bundle:data/diginetica/test.csv.gz")
+
+
+@dataclass(frozen=True)
+class RealSknn:
+    name: str
+    bundle: Path
+    test_csv: Path
+
+    def missing(self) -> str | None:
+        """Why this bundle cannot be timed (None: it can)."""
+        if not (self.bundle / "manifest.json").is_file():
+            return (f"no session-kNN bundle at {str(self.bundle)!r} for {self.name!r} (set "
+                    "SESSREC_BENCH_SKNN_BUNDLES=NAME=BUNDLE:TEST_CSV,..., or train and export "
+                    "one: sessrec train --model sknn, then sessrec export); row skipped")
+        if not self.test_csv.is_file():
+            return (f"no test sessions at {str(self.test_csv)!r} for the {self.name!r} sknn "
+                    "bundle (SESSREC_BENCH_SKNN_BUNDLES); row skipped")
+        return None
+
+
+def _repo_path(p: str) -> Path:
+    path = Path(p)
+    return path if path.is_absolute() or path.exists() else ROOT / path
+
+
+def sknn_real_bundles() -> list[RealSknn]:
+    """The real sknn bundles to time (``SESSREC_BENCH_SKNN_BUNDLES``, default
+    :data:`SKNN_BUNDLES_DEFAULT`), present or not (a missing one is skipped by name)."""
+    spec = os.environ.get("SESSREC_BENCH_SKNN_BUNDLES", SKNN_BUNDLES_DEFAULT)
+    out = []
+    for entry in filter(None, (e.strip() for e in spec.split(","))):
+        name, sep, rest = entry.partition("=")
+        bundle, sep2, test = rest.rpartition(":")
+        if not (sep and sep2 and name and bundle and test):
+            raise ValueError(f"SESSREC_BENCH_SKNN_BUNDLES: {entry!r} is not NAME=BUNDLE:TEST_CSV")
+        out.append(RealSknn(name.strip(), _repo_path(bundle), _repo_path(test)))
     return out
 
 
@@ -295,6 +400,31 @@ def diginetica_pool(rec, limit: int | None = None) -> list[list]:
     _, test, _ = load_diginetica()
     pool = [s[:-1].tolist() for s in test if len(s) >= 2]
     return pool[:limit] if limit else pool
+
+
+def csv_session_pool(test_csv: Path, size: int, seed: int = SEED) -> list[list]:
+    """Inputs of test sessions (all events but the last, sessions of >= 2 events) as
+    external ids: a seeded sample of ``size`` of them (all if fewer), in a seeded order."""
+    from export_tools.data import read_events, sessionize
+
+    inputs = [s[:-1].tolist() for s in sessionize(read_events(test_csv)) if len(s) >= 2]
+    rng = np.random.default_rng([seed, len(inputs)])
+    take = rng.permutation(len(inputs))[:size]
+    return [inputs[i] for i in take.tolist()]
+
+
+def index_session_pool(rec, size: int, seed: int = SEED) -> list[list]:
+    """Sessions of a session-kNN bundle's own index (a seeded sample of ``size``): each
+    session's distinct items in stored order, as external ids."""
+    ix = rec.bundle.session_index
+    rng = np.random.default_rng([seed, ix.n_sessions])
+    ids = rng.choice(ix.n_sessions, size=min(size, ix.n_sessions), replace=False)
+    indptr = np.asarray(ix.session_indptr)
+    pool = []
+    for j in ids.tolist():
+        rows = np.asarray(ix.session_items[indptr[j]:indptr[j + 1]], dtype=np.int32)
+        pool.append(rec.bundle.ids.external(rows).tolist())
+    return pool
 
 
 class Rotation:

@@ -74,6 +74,19 @@ class Suite:
         backend = backend or self.p.backend
         return self._steady(("grainrec", backend), path, backend, prefault=True)
 
+    def sknn(self, path, backend: str | None = None):
+        """A recommender on a session-kNN bundle (synthetic or real), in steady state."""
+        backend = backend or self.p.backend
+        return self._steady(("sknn", str(path), backend), path, backend, prefault=True)
+
+    def sknn_pool(self, rec, test_csv=None) -> list:
+        """Test-session inputs of ``test_csv``, or (None) sessions of the bundle's index."""
+        key = (str(rec.bundle.path), "sknn", str(test_csv))
+        if key not in self._pools:
+            self._pools[key] = (C.csv_session_pool(test_csv, self.p.pool_size) if test_csv
+                                else C.index_session_pool(rec, self.p.pool_size))
+        return self._pools[key]
+
     def _steady(self, key, path, backend: str, prefault: bool):
         """Warm the page cache (and map every page) again before *each* benchmark: a busy
         server keeps its bundle hot, but between benchmarks a bundle sits idle and the OS

@@ -53,6 +53,8 @@ def prebuild(p: C.Profile) -> None:
 
     for spec in C.all_specs(p):
         C.ensure_bundle(spec)
+    for spec in p.sknn:
+        C.ensure_sknn_bundle(spec)
     for n in p.sizes:
         ensure_hnsw(C.ensure_bundle(p.spec(n_items=n)), p.hnsw_M, p.hnsw_ef_construction)
     if p.grainrec and C.grainrec_bundle() is not None:

@@ -99,7 +99,8 @@ def test_memory_pages(measure, suite, pages, traffic):
 @pytest.mark.parametrize("traffic", ("test", *C.TRAFFIC))
 def test_grainrec(measure, suite, traffic):
     """The exported GRAINRec bundle with its defaults (Diginetica test sessions, plus the
-    synthetic traffic kinds drawn from its catalog)."""
+    synthetic traffic kinds drawn from its catalog). SESSREC_BENCH_BUNDLE may name another
+    model's bundle; a session-kNN one has no dim, K or item dtype (left empty)."""
     rec = suite.grainrec()
     m = rec.manifest
     length = m["inference"]["max_session_length"]
@@ -107,7 +108,7 @@ def test_grainrec(measure, suite, traffic):
     k = P.k
     measure(lambda s: rec.recommend(s, k=k), pool, group="GRAINRec bundle",
             suite="grainrec", method="sessrec", axis="grainrec", traffic=traffic,
-            n_items=m["n_items"], dim=m["dim"], K=m["neighbors_per_item"],
-            dtype=m["item_dtype"], backend=rec.backend,
+            n_items=m["n_items"], dim=m.get("dim"), K=m.get("neighbors_per_item"),
+            dtype=m.get("item_dtype"), scorer=m.get("scorer", "encoder"), backend=rec.backend,
             session_len="test" if traffic == "test" else length, k=k,
             candidates=mean_candidates(rec, pool, k))

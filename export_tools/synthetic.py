@@ -9,11 +9,12 @@ query = tanh((mean(item_emb) + last(item_emb)) @ W + b).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from sessrec_sdk.bundle import ENCODER_OUTPUT, ROW_ORDERS, write_bundle
+from sessrec_sdk.bundle import ENCODER_OUTPUT, ROW_ORDERS, SessionIndex, write_bundle
 
 from .layout import locality_order, reorder_rows
 
@@ -149,5 +150,156 @@ def build_synthetic_bundle(
         inference={"max_session_length": max_session_length, "session_filter": "none"},
         defaults={"k": 10, "category_filter": "none", "exclude_session_items": True},
         row_order=row_order,
+        overwrite=overwrite,
+    )
+
+
+# --------------------------------------------------------------------------- session-kNN
+
+#: Item popularity of the synthetic sessions: the item of popularity rank r (0-based) is
+#: drawn with probability ~ 1 / (r + SKNN_ZIPF_OFFSET) (Zipf-like, exponent 1), sampled
+#: by the inverse of the continuous CDF, so a draw costs O(1) at any catalog size.
+SKNN_ZIPF_OFFSET = 10
+#: Events per synthetic session: uniform in [SKNN_MIN_EVENTS, SKNN_MAX_EVENTS].
+SKNN_MIN_EVENTS, SKNN_MAX_EVENTS = 2, 20
+_SKNN_CHUNK_EVENTS = 1 << 24  # events drawn and deduplicated per block (bounds temporaries)
+
+
+def synthetic_session_index(n_items: int, n_sessions: int, *, sample: int, idf: bool = True,
+                            seed: int = 0) -> tuple[SessionIndex, np.ndarray]:
+    """A seeded synthetic session-kNN index and each item's session count, built with
+    numpy (no per-session Python).
+
+    Sessions are numbered in time order (a larger number is more recent) and have
+    2-20 events, uniformly; each event is an item drawn by Zipf-like popularity
+    (``SKNN_ZIPF_OFFSET``; the popularity ranks are shuffled over the rows). Each session
+    keeps its distinct items, in row order; each item lists its ``sample`` most recent
+    sessions, newest first. Item weights as the export writes them
+    (export_tools.models.sknn.build_index): ``idf`` = ln(distinct (session, item) pairs /
+    sessions holding the item), 0 for an item no session holds; else 1.
+
+    Memory: the events are drawn and deduplicated in blocks of sessions, so the peak is
+    about 20 bytes per distinct (session, item) pair plus a block's temporaries.
+    """
+    if n_items < 2 or n_sessions < 1 or sample < 1:
+        raise ValueError("need n_items >= 2, n_sessions >= 1 and sample >= 1")
+    if n_sessions > 2**31 - 1:
+        raise ValueError("session ids are int32: at most 2**31 - 1 sessions")
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(SKNN_MIN_EVENTS, SKNN_MAX_EVENTS + 1, n_sessions)
+    row_of_rank = rng.permutation(n_items).astype(np.int32)
+    log_span = np.log((n_items + SKNN_ZIPF_OFFSET) / SKNN_ZIPF_OFFSET)
+    ends = np.cumsum(lengths)
+    # blocks of whole sessions of about _SKNN_CHUNK_EVENTS events each
+    cuts = np.unique(np.concatenate((
+        [0], np.searchsorted(ends, np.arange(_SKNN_CHUNK_EVENTS, int(ends[-1]),
+                                             _SKNN_CHUNK_EVENTS), side="right"),
+        [n_sessions])))
+    per_session = np.empty(n_sessions, np.int64)
+    items_parts: list[np.ndarray] = []
+    for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+        local = np.repeat(np.arange(b - a, dtype=np.int64), lengths[a:b])
+        rank = np.exp(rng.random(local.size) * log_span)
+        rank *= SKNN_ZIPF_OFFSET
+        rank -= SKNN_ZIPF_OFFSET
+        rows = row_of_rank[np.minimum(rank.astype(np.int64), n_items - 1)]
+        del rank
+        # distinct items per session: sort by (session, row), drop repeats
+        key = local * n_items + rows
+        del local, rows
+        key.sort()
+        key = key[np.concatenate(([True], key[1:] != key[:-1]))]
+        per_session[a:b] = np.bincount(key // n_items, minlength=b - a)
+        items_parts.append((key % n_items).astype(np.int32))
+        del key
+    session_items = np.concatenate(items_parts) if len(items_parts) > 1 else items_parts[0]
+    del items_parts
+    session_indptr = np.zeros(n_sessions + 1, np.int64)
+    np.cumsum(per_session, out=session_indptr[1:])
+    session_of = np.repeat(np.arange(n_sessions, dtype=np.int64), per_session)
+    del per_session
+    counts = np.bincount(session_items, minlength=n_items)
+    # per item its sessions, newest first: sort by (row, newest session first)
+    key = session_items.astype(np.int64) * n_sessions
+    key += n_sessions - 1
+    key -= session_of
+    del session_of
+    key.sort()
+    starts = np.zeros(n_items + 1, np.int64)
+    np.cumsum(counts, out=starts[1:])
+    item_indptr = np.zeros(n_items + 1, np.int64)
+    np.cumsum(np.minimum(counts, sample), out=item_indptr[1:])
+    item_sessions = np.empty(int(item_indptr[-1]), np.int32)
+    done = 0
+    for a in range(0, key.size, _SKNN_CHUNK_EVENTS):  # keep each item's first `sample`
+        part = key[a:a + _SKNN_CHUNK_EVENTS]
+        row = part // n_sessions
+        kept = part[np.arange(a, a + part.size) - starts[row] < sample]
+        item_sessions[done:done + kept.size] = n_sessions - 1 - kept % n_sessions
+        done += kept.size
+    del key
+    if idf:
+        with np.errstate(divide="ignore"):
+            weight = np.where(counts > 0, np.log(session_items.size / np.maximum(counts, 1)),
+                              0.0)
+    else:
+        weight = np.ones(n_items)
+    index = SessionIndex(item_indptr=item_indptr, item_sessions=item_sessions,
+                         session_indptr=session_indptr, session_items=session_items,
+                         item_weight=weight.astype(np.float32))
+    return index, counts
+
+
+def build_synthetic_sknn_bundle(
+    out: str | os.PathLike,
+    n_items: int,
+    n_sessions: int,
+    *,
+    sample: int = 500,
+    neighbors: int = 100,
+    window: int = SKNN_MAX_EVENTS,
+    idf: bool = True,
+    k: int = 20,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write a synthetic session-kNN bundle (scorer "sknn") of ``n_items`` items indexing
+    ``n_sessions`` sessions (:func:`synthetic_session_index`) and return its path.
+
+    ``sample``: each item's most recent sessions in the index, also the candidate sessions
+    of a call (VMIS-kNN's m); ``neighbors``: neighbor sessions (k); ``window``: the session
+    items a call reads; session items may be recommended (no repeat bonus). Popularity: the
+    items by how many sessions hold them. Integer item ids, distinct and shuffled."""
+    import time
+
+    if not 1 <= neighbors <= sample:
+        raise ValueError("neighbors must be in [1, sample]")
+    t0 = time.perf_counter()
+    index, counts = synthetic_session_index(n_items, n_sessions, sample=sample, idf=idf,
+                                            seed=seed)
+    if progress:
+        print(f"synthetic session index: {n_items:,} items, {n_sessions:,} sessions, "
+              f"{index.session_items.size:,} (session, item) pairs, "
+              f"{index.item_sessions.size:,} postings in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr, flush=True)
+    rng = np.random.default_rng([seed, 1])
+    popularity = np.argsort(-counts, kind="stable").astype(np.int32)
+    pop_scores = (counts[popularity] / max(int(counts.sum()), 1)).astype(np.float32)
+    ids = rng.choice(10 * n_items, size=n_items, replace=False).astype(np.int64) + 1
+    return write_bundle(
+        out, encoder=None, item_matrix=None, neighbors=None, item_ids=ids,
+        popularity=popularity, popularity_scores=pop_scores,
+        session_index=index,
+        sknn={"n_sessions": n_sessions, "sample": sample, "idf": idf},
+        model={"kind": "synthetic-sknn",
+               "config": {"n_items": n_items, "n_sessions": n_sessions, "sample": sample,
+                          "neighbors": neighbors, "window": window, "idf": idf,
+                          "seed": seed, "zipf_offset": SKNN_ZIPF_OFFSET,
+                          "events": [SKNN_MIN_EVENTS, SKNN_MAX_EVENTS]}},
+        inference={"max_session_length": window, "session_filter": "none"},
+        defaults={"k": k, "neighbors": neighbors, "candidates": "sessions",
+                  "category_filter": "none", "exclude_session_items": False,
+                  "repeat_bonus": 0.0},
         overwrite=overwrite,
     )

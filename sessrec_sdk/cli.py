@@ -27,16 +27,31 @@ class MissingExtra(Exception):
 
 def _synth(args: argparse.Namespace) -> int:
     try:
-        from export_tools.synthetic import build_synthetic_bundle
+        from export_tools.synthetic import build_synthetic_bundle, build_synthetic_sknn_bundle
     except ImportError as exc:
         raise MissingExtra(f"needs the export extra ({exc}): "
                            "pip install 'sessrec[export]'") from None
     t0 = time.perf_counter()
+    if args.sknn:
+        if args.sessions is None:
+            raise ValueError("--sknn needs --sessions N (the sessions to index)")
+        neighbors = 100 if args.neighbors is None else args.neighbors
+        path = build_synthetic_sknn_bundle(
+            args.out, args.items, args.sessions, sample=args.sample, neighbors=neighbors,
+            window=args.window, seed=args.seed, overwrite=args.overwrite,
+            progress=sys.stderr.isatty())
+        print(f"wrote {path} (session-kNN: {args.items:,} items, {args.sessions:,} sessions, "
+              f"sample {args.sample}, {neighbors} neighbor sessions, window {args.window}) "
+              f"in {time.perf_counter() - t0:.1f} s")
+        return 0
+    if args.sessions is not None:
+        raise ValueError("--sessions is for --sknn bundles")
+    neighbors = 100 if args.neighbors is None else args.neighbors
     path = build_synthetic_bundle(
-        args.out, n_items=args.items, dim=args.dim, neighbors=args.neighbors, seed=args.seed,
+        args.out, n_items=args.items, dim=args.dim, neighbors=neighbors, seed=args.seed,
         dtype=args.dtype, string_ids=args.string_ids, row_order=args.row_order,
         overwrite=args.overwrite, progress=sys.stderr.isatty())
-    print(f"wrote {path} ({args.items:,} items, d={args.dim}, K={args.neighbors}, "
+    print(f"wrote {path} ({args.items:,} items, d={args.dim}, K={neighbors}, "
           f"{args.dtype}, {args.row_order} row order) in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -147,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", type=Path, help="directory to write the bundle to")
     s.add_argument("--items", type=int, required=True, help="number of items")
     s.add_argument("--dim", type=int, default=64, help="vector dimension (default 64)")
-    s.add_argument("--neighbors", type=int, default=100,
-                   help="neighbors per item K (default 100)")
+    s.add_argument("--neighbors", type=int, default=None,
+                   help="neighbors per item K (default 100); with --sknn: neighbor sessions "
+                   "(default 100)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="item matrix dtype (default float32)")
@@ -157,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--row-order", choices=["locality", "given"], default="locality",
                    help="number rows along the neighbor graph (default) or keep the drawn "
                    "order (docs/kernels.md)")
+    s.add_argument("--sknn", action="store_true",
+                   help="a session-kNN bundle (scorer sknn, no encoder): a seeded index of "
+                   "--sessions sessions of 2-20 events over Zipf-like item popularity")
+    s.add_argument("--sessions", type=int, help="with --sknn: sessions to index (required)")
+    s.add_argument("--sample", type=int, default=500,
+                   help="with --sknn: most recent sessions kept per item, also the candidate "
+                   "sessions of a call (default 500)")
+    s.add_argument("--window", type=int, default=20,
+                   help="with --sknn: session items a call reads (default 20)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     s.set_defaults(func=_synth)
 

@@ -42,7 +42,9 @@ def test_benchmark_smoke_run(tmp_path):
                      "test_dtype[float16-uniform]", "test_session_length[20-popular]",
                      "test_row_order[given-uniform]",
                      "test_stage[given row order-popular-kernel]",
-                     "test_stage[float16 item matrix-uniform-kernel]"):
+                     "test_stage[float16 item matrix-uniform-kernel]",
+                     "test_sknn_synthetic[synthetic-4k]", "test_sknn_synthetic[synthetic-20k]",
+                     "test_sknn_top_k[c]"):
         assert any(n.endswith(expected) for n in names), (expected, sorted(names))
     assert all(b["stats"]["data"] for b in latency["benchmarks"])  # raw rounds for p99
 
@@ -53,7 +55,8 @@ def test_benchmark_smoke_run(tmp_path):
     report = (out / "BENCHMARKS.md").read_text()
     for section in ("## Headline", "## Latency sweeps", "## Where the time of a call goes",
                     "## Memory and start-up", "p99", "### Row order",
-                    "rows in drawn order", "float16 item matrix"):
+                    "rows in drawn order", "float16 item matrix",
+                    "## Session-kNN bundles (VMIS-kNN)", "| synthetic 20k |"):
         assert section in report
     assert (out / "latency.png").stat().st_size > 10_000
 
@@ -86,6 +89,19 @@ def test_benchmark_smoke_run(tmp_path):
             float(np.percentile(data, 99)), rel=0.01)
         assert float(rows["candidates scored per call (mean)"][i]) == pytest.approx(
             ref[traffic]["extra_info"]["candidates"], abs=0.5)
+    # the session-kNN rows: p90 between median and p99, candidates within the catalog
+    sknn = [b for b in latency["benchmarks"] if b["extra_info"].get("suite") == "sknn bundle"]
+    assert {b["extra_info"]["bundle"] for b in sknn} >= {"synthetic 4k", "synthetic 20k"}
+    for b in sknn:
+        data, info = b["stats"]["data"], b["extra_info"]
+        assert np.median(data) <= np.percentile(data, 90) <= np.percentile(data, 99)
+        assert 0 < info["candidates"] <= info["n_items"], b["name"]
+        assert info["backend"] == "c" and info["host_probe_us"], b["name"]
+        if info["bundle"] == "synthetic 20k":
+            row = next(line for line in report.splitlines()
+                       if line.startswith("| synthetic 20k |"))
+            cells = [c.strip() for c in row.split("|")[1:-1]]
+            assert _seconds(cells[8]) == pytest.approx(np.percentile(data, 90), rel=0.01)
     for entry in memory["load"]:
         assert entry["bundle_mib"] > 0 and entry["load_s"] > 0, entry
         assert entry["rss_after_load_mib"] > 0 and entry["rss_after_import_mib"] > 0, entry
