@@ -116,8 +116,8 @@ def table(header: list[str], rows: list[list]) -> str:
 def items(n) -> str:
     if not isinstance(n, int):
         return str(n)
-    if n >= 1_000_000 and n % 1_000_000 == 0:
-        return f"{n // 1_000_000}M"
+    if n >= 1_000_000 and n % 100_000 == 0:
+        return f"{n / 1_000_000:g}M"
     if n >= 1000 and n % 1000 == 0:
         return f"{n // 1000}k"
     return f"{n:,}"
@@ -442,6 +442,9 @@ def sknn_results(results: Path, benches: list[Bench]
             f"`benchmarks/results/{SKNN_RESULTS}` ({when} UTC, commit "
             f"{str(commit.get('id', '?'))[:7]}{dirty}), not the run above; their host "
             "slowdown is against that run's own probes.")
+    load = rows[0]["loadavg_before"] if rows else None
+    if load:
+        note += f" 1-minute load average {load[0]:.2f} when it started."
     return rows, note, host_baseline(everything)
 
 
@@ -476,7 +479,7 @@ def sknn_section(rows: list[Bench], note: str | None, base: float | None
         "scored per call (mean).",
         "",
         *([note, ""] if note else []),
-        table(["bundle", "items", "sessions indexed", "m / k / window", "sessions",
+        table(["bundle", "items", "sessions indexed", "m / k / window", "queries",
                "mean session items", "backend", "median", "p90", "p99", "host slowdown",
                "median of the uncontended rounds (share)", "candidates", "rounds"],
               table_rows),
