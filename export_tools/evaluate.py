@@ -28,6 +28,8 @@ Rows of the table (method names are stable, scripts read them from the JSON):
   <model>/sdk                Recommender.recommend with the bundle's defaults
   <model>/sdk/<filter>       each category filter (last, session, none)
   <model>/sdk/neighbors=<n>  the neighbors-per-item sweep (paper Fig. 4)
+  <model>/sdk/candidates=..  with a session index in the bundle: neighbor-row candidates,
+                             or the kNN candidates scored by the model alone (no blend)
   sknn/sdk                   a session-kNN bundle with its defaults (no full-catalog rows:
   sknn/sdk/exclude           it scores only its neighbor sessions' items); session items
   sknn/sdk/no-bonus          never returned; returned without the repeat bonus
@@ -210,7 +212,8 @@ def full_catalog_ranks_sdk(rec, inputs, targets, progress: bool, block: int = 51
     (plain, after the SDK's post-processing with the bundle's defaults).
 
     Post-processing as ``Recommender.recommend`` does it: the session's known items are
-    excluded when the bundle's default says so, and items outside the default category
+    excluded when the bundle's default says so (otherwise they get its repeat bonus), and
+    items outside the default category
     filter's categories (of the encoded window) are dropped; a target removed that way is
     a miss. A session without a known item has no query: a miss in both rankings."""
     import torch
@@ -225,6 +228,7 @@ def full_catalog_ranks_sdk(rec, inputs, targets, progress: bool, block: int = 51
     defaults = rec.manifest["defaults"]
     cat_filter = defaults["category_filter"] if cats is not None else "none"
     exclude = bool(defaults["exclude_session_items"])
+    bonus = float(defaults.get("repeat_bonus", 0.0))
     n_cats = int(cats.max()) + 1 if cats is not None and cats.size else 0
     target_rows = ids.rows(ids.coerce(targets))
     plain = np.full(len(targets), MISS, dtype=np.int64)
@@ -251,9 +255,13 @@ def full_catalog_ranks_sdk(rec, inputs, targets, progress: bool, block: int = 51
             rows = torch.from_numpy(np.maximum(target_rows[idx], 0).astype(np.int64))
             r = rank_in_scores(scores, scores.gather(1, rows[:, None])[:, 0]).numpy()
             plain[idx[ok]] = r[ok]
-            if exclude:
-                for j, known in enumerate(knowns):
-                    scores[j, torch.from_numpy(known.astype(np.int64))] = -torch.inf
+            for j, known in enumerate(knowns):
+                rows_j = torch.from_numpy(known[-served.limits.session_history:]
+                                          .astype(np.int64))
+                if exclude:
+                    scores[j, rows_j] = -torch.inf
+                elif bonus:
+                    scores[j, rows_j] += bonus
             if cat_filter != "none":
                 allowed = torch.zeros((len(idx), n_cats), dtype=torch.bool)
                 for j, known in enumerate(knowns):
@@ -400,13 +408,18 @@ def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path 
         filters = ("last", "session", "none") if rec.manifest["has_categories"] else ("none",)
         for f in filters:
             sdk_row(f"{kind}/sdk/{f}", category_filter=f)
+        if served.knn_kernel is not None:  # a session index rides along: both policies
+            sdk_row(f"{kind}/sdk/candidates=neighbors", candidates="neighbors", knn_weight=0.0)
+            sdk_row(f"{kind}/sdk/candidates=sessions", candidates="sessions", knn_weight=0.0)
         width = rec.manifest["neighbors_per_item"]
         skipped = [m for m in sweep if m > width]
         if skipped:
             log(f"(sweep: neighbors {skipped} skipped, the bundle has K={width}; export with "
                 f"--neighbors {max(sweep)} for the whole curve)")
         for m in (m for m in sweep if m <= width):
-            sdk_row(f"{kind}/sdk/neighbors={m}", neighbors=m)
+            sdk_row(f"{kind}/sdk/neighbors={m}", neighbors=m, **(
+                {"candidates": "neighbors", "knn_weight": 0.0}
+                if served.knn_kernel is not None else {}))
         served.encoder = encoder
     return {"rows": rows, "info": info}
 
@@ -419,7 +432,7 @@ COLUMNS = [f"{m}@{k}" for k in KS for m in ("HR", "MRR", "NDCG")]
 
 def header() -> str:
     cols = "".join(f"{c:>9}" for c in COLUMNS)
-    return f"{'method':<32}{'protocol':<10}{cols}{'median us':>11}{'p99 us':>9}"
+    return f"{'method':<40}{'protocol':<10}{cols}{'median us':>11}{'p99 us':>9}"
 
 
 def format_row(row: dict) -> str:
@@ -427,7 +440,7 @@ def format_row(row: dict) -> str:
     lat = row.get("latency_median_us")
     p99 = row.get("latency_p99_us")
     lat_s = f"{lat:>11.1f}{p99:>9.1f}" if lat is not None else f"{'':>11}{'':>9}"
-    return f"{row['method']:<32}{row.get('protocol', ''):<10}{cols}{lat_s}"
+    return f"{row['method']:<40}{row.get('protocol', ''):<10}{cols}{lat_s}"
 
 
 def plot(result: dict, path: str | Path) -> None:

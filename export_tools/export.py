@@ -67,6 +67,9 @@ WINDOWS = (1, 2, 3, 5, 10, 20)
 #: Repeat bonuses tried, in units of the median spread of a top-20 list (top-1 score
 #: minus 20th) on validation: from a nudge to "session items first".
 BONUS_MULTIPLES = (0.1, 0.25, 0.5, 1.0, 2.0, 1e3)
+#: Weights of the kNN score (scaled to [0, 1] per call) blended into the model's, in the
+#: same units, for bundles that carry a session index (``--session-index``).
+KNN_WEIGHT_MULTIPLES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def defaults_by_validation(bundle: Path, valid_rows: list[np.ndarray], catalog: D.Catalog,
@@ -92,12 +95,16 @@ def defaults_by_validation(bundle: Path, valid_rows: list[np.ndarray], catalog: 
     best = {"window": served.max_length, "category_filter": d["category_filter"],
             "exclude_session_items": d["exclude_session_items"],
             "repeat_bonus": float(d.get("repeat_bonus", 0.0))}
+    hybrid = served.knn_kernel is not None  # a session index rides along: try its candidates
+    if hybrid:
+        best.update(candidates=d["candidates"], knn_weight=float(d.get("knn_weight", 0.0)))
     trials: list[dict] = []
 
     def run(setting: dict) -> dict:
         served.max_length = setting["window"]
         opts = {k: setting[k] for k in ("category_filter", "exclude_session_items",
-                                        "repeat_bonus")}
+                                        "repeat_bonus", "candidates", "knn_weight")
+                if k in setting}
         ranks = np.fromiter((list_rank(rec.recommend(x, k=20, **opts).item_ids, t)
                              for x, t in zip(inputs, targets)), np.int64, len(targets))
         m = ranking_metrics(ranks)
@@ -111,8 +118,11 @@ def defaults_by_validation(bundle: Path, valid_rows: list[np.ndarray], catalog: 
 
     best_m = run(best)
     filters = ("none", "last", "session") if rec.manifest["has_categories"] else ("none",)
-    for key, values in (("exclude_session_items", (True, False)), ("window", WINDOWS),
-                        ("category_filter", filters)):
+    stages = [("exclude_session_items", (True, False)), ("window", WINDOWS),
+              ("category_filter", filters)]
+    if hybrid:
+        stages.append(("candidates", ("neighbors", "sessions")))
+    for key, values in stages:
         for value in values:
             trial = {**best, key: value}
             if trial == best:
@@ -132,7 +142,56 @@ def defaults_by_validation(bundle: Path, valid_rows: list[np.ndarray], catalog: 
         m = run({**base, "repeat_bonus": round(mult * unit, 6)})
         if better(m, best_m):
             best, best_m = {**base, "repeat_bonus": round(mult * unit, 6)}, m
+    if hybrid:  # the kNN score blended into the model's, on the kNN candidates
+        base = {**best, "candidates": "sessions"}
+        for mult in KNN_WEIGHT_MULTIPLES:
+            trial = {**base, "knn_weight": round(mult * unit, 6)}
+            m = run(trial)
+            if better(m, best_m):
+                best, best_m = trial, m
+        if best["knn_weight"] and not best["exclude_session_items"]:  # bonus, re-fitted
+            for mult in (0.0, *BONUS_MULTIPLES):
+                trial = {**best, "repeat_bonus": round(mult * unit, 6)}
+                if trial == best:
+                    continue
+                m = run(trial)
+                if better(m, best_m):
+                    best, best_m = trial, m
     return {**best, **best_m}, trials
+
+
+def _session_indexes(checkpoint, sessions: list[np.ndarray], catalog: D.Catalog,
+                     config: dict, new_of_old: np.ndarray | None) -> dict:
+    """The session indexes of a hybrid bundle, built with the setting of the ``sknn``
+    checkpoint on the training sessions in the bundle's row numbering: one of the part
+    that is not validation (for the validation search) and one of all sessions."""
+    from sessrec_sdk.bundle import SessionIndex
+
+    from .checkpoint import load_catalog
+    from .models.sknn import INDEX_FILES, build_index, load_sknn
+
+    kcfg, _ = load_sknn(checkpoint)
+    if kcfg.get("model") != "sknn":
+        raise ValueError(f"--session-index {checkpoint}: not an sknn checkpoint")
+    if not np.array_equal(np.asarray(load_catalog(Path(checkpoint)).item_ids),
+                          np.asarray(catalog.item_ids)):
+        raise ValueError(f"--session-index {checkpoint}: built on other items than the "
+                         "model's checkpoint (train both on the same data)")
+    setting = kcfg["model_config"]
+    rows = sessions if new_of_old is None else [new_of_old[s] for s in sessions]
+    fraction = config.get("valid_fraction") or 0.0
+    train_part, _ = D.split_validation(rows, fraction, config.get("seed", 0),
+                                       config.get("valid_split", "random"))
+    out = {}
+    for key, part in (("valid", train_part), ("", rows)):
+        index = build_index(part, catalog.n_items, sample=setting["sample"],
+                            idf=setting["idf"])
+        name = f"{key}_index" if key else "index"
+        out[name] = SessionIndex(*(index[f] for f in INDEX_FILES))
+        out[f"{key}_info" if key else "info"] = {
+            "n_sessions": len(part), "sample": setting["sample"], "idf": setting["idf"],
+            "neighbors": setting["neighbors"], "window": setting["window"]}
+    return out
 
 
 def _quiet(*_args) -> None:
@@ -244,13 +303,18 @@ def export_bundle(
     overwrite: bool = False,
     progress: bool = True,
     tune_defaults: bool = True,
+    session_index: str | os.PathLike | None = None,
 ) -> tuple[Path, dict]:
     """Export a checkpoint to a bundle; returns (path, report with timings and parity).
 
     ``tune_defaults``: choose the session window, the default category filter and the
     repeat handling on the checkpoint's validation sessions (:func:`defaults_by_validation`;
     without them the training-data rates set the defaults); ``category_filter`` then
-    overrides the chosen filter. ``row_order``:
+    overrides the chosen filter. ``session_index``: an ``sknn`` checkpoint trained on the
+    same data; its setting indexes the training sessions into the bundle, so that
+    ``candidates="sessions"`` (kNN candidates scored by the model, optionally blended
+    with the kNN score) is served and tried on validation (the validation search runs on
+    an index of the training part only; the bundle gets the index of every session). ``row_order``:
     "locality" numbers the bundle's rows along the neighbor graph (export_tools.layout),
     "given" keeps the model's item order. ``item_dtype="float16"`` stores the scored rows
     in half precision (half the bytes a call reads; scores move by the rounding, reported
@@ -315,10 +379,17 @@ def export_bundle(
         if np.abs(matrix).max() > np.finfo(np.float16).max:
             raise ValueError("item vectors exceed the float16 range: export as float32")
         arrays.update(item_matrix=matrix.astype(np.float16), input_embedding=tables.encoder_rows)
+    new_of_old = None  # bundle row of each model row
     if row_order == "locality":
         t = time.perf_counter()
-        arrays.update(reorder_rows(locality_order(nbrs), **arrays))
+        order = locality_order(nbrs)
+        arrays.update(reorder_rows(order, **arrays))
+        new_of_old = np.empty(catalog.n_items, np.int32)
+        new_of_old[order] = np.arange(catalog.n_items, dtype=np.int32)
         report["row_order_seconds"] = round(time.perf_counter() - t, 2)
+    knn = None
+    if session_index is not None:
+        knn = _session_indexes(session_index, sessions, catalog, config, new_of_old)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
@@ -327,8 +398,8 @@ def export_bundle(
         t = time.perf_counter()
         export_encoder(model, work / "encoder.onnx")
         report["onnx_export_seconds"] = round(time.perf_counter() - t, 2)
-        candidate = write_bundle(
-            work / "bundle", encoder=work / "encoder.onnx", popularity_scores=pop_scores,
+        write_args = dict(
+            encoder=work / "encoder.onnx", popularity_scores=pop_scores,
             row_order=row_order, **arrays,
             model={"kind": config["model"], "config": model.config,
                    "train_config": config["train_config"], "preset": config.get("preset"),
@@ -341,6 +412,9 @@ def export_bundle(
             n_categories=model.config.get("n_categories"),
             tool_versions={"torch": torch.__version__, "onnx": onnx.__version__,
                            "onnxruntime": onnxruntime.__version__})
+        if knn is not None:  # validation runs on the index of the training part only
+            write_args.update(session_index=knn["valid_index"], sknn=knn["valid_info"])
+        candidate = write_bundle(work / "bundle", **write_args)
         report["parity"] = check_parity(candidate, model, catalog,
                                         parity_sessions(sessions, n_parity))
         written = json.loads((candidate / "manifest.json").read_text())
@@ -350,7 +424,8 @@ def export_bundle(
             chosen, trials = defaults_by_validation(candidate, valid, catalog, progress,
                                                     log=print if progress else _quiet)
             defaults = {**defaults, **{k: chosen[k] for k in (
-                "category_filter", "exclude_session_items", "repeat_bonus")}}
+                "category_filter", "exclude_session_items", "repeat_bonus", "candidates",
+                "knn_weight") if k in chosen}}
             inference = {**inference, "max_session_length": chosen["window"]}
             validation = {
                 "split": f"{config.get('valid_split', 'random')} "
@@ -367,6 +442,14 @@ def export_bundle(
         if category_filter is not None:
             defaults = {**defaults, "category_filter": category_filter}
             update_manifest(candidate, defaults=defaults)
+        if knn is not None:  # the bundle served: the index of every training session
+            record = json.loads((candidate / "manifest.json").read_text())
+            write_args.update(session_index=knn["index"], sknn=knn["info"],
+                              defaults=defaults, inference=record["inference"])
+            candidate = write_bundle(work / "final", **write_args)
+            if "validation" in record:
+                update_manifest(candidate, validation=record["validation"])
+            report["session_index"] = knn["info"]
         replace_dir(candidate, out)  # atomic: a reloading server sees old or new, whole
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -439,6 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-session-length", type=int, default=3,
                    help="items of a session the SDK encodes (paper: 3); the starting point "
                    "of the validation search unless --no-tune")
+    p.add_argument("--session-index", metavar="SKNN_CHECKPOINT",
+                   help="an sknn checkpoint trained on the same data: index the training "
+                   "sessions into the bundle for candidates='sessions' (kNN candidates "
+                   "scored by the model, blended with the kNN score), tried on validation")
     p.add_argument("--no-tune", action="store_true",
                    help="keep the given window and the rate-based defaults instead of "
                    "choosing them on the checkpoint's validation sessions")
@@ -471,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
             category_filter=args.category_filter,
             n_parity=args.parity_sessions, row_order=args.row_order,
             item_dtype=args.item_dtype, overwrite=args.overwrite,
-            progress=not args.no_progress, tune_defaults=not args.no_tune)
+            progress=not args.no_progress, tune_defaults=not args.no_tune,
+            session_index=args.session_index)
     except (ParityError, FileExistsError, ValueError) as exc:
         print(f"sessrec export: error: {exc}", file=sys.stderr)
         return 1

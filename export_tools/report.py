@@ -5,7 +5,7 @@ are generated with this, not typed.
 
 One table of every row of every file, both protocols (rows sorted by protocol, then in
 file order); a baseline row (``popularity``, ``transition``) that several files measured
-identically on the same examples is listed once. ``--methods`` keeps only rows whose
+identically on the same examples is listed once (also ``repeat``, ``vsknn``). ``--methods`` keeps only rows whose
 method matches one of the given shell patterns (e.g. ``'*/full*' '*/sdk'``).
 
     python -m export_tools.report --fill docs/evaluation.md
@@ -24,7 +24,7 @@ from pathlib import Path
 from .metrics import KS
 
 COLUMNS = [f"{m}@{k}" for k in KS for m in ("HR", "MRR", "NDCG")]
-BASELINES = ("popularity", "transition")
+BASELINES = ("popularity", "transition", "repeat", "vsknn")
 
 
 def load(paths) -> list[tuple[str, dict]]:

@@ -371,9 +371,11 @@ def _check_manifest(manifest: Any, path: Path) -> None:
     if "sknn" in manifest:
         info = manifest["sknn"]
         if not (isinstance(info, dict) and all(
-                _is_int(info.get(key)) and info[key] >= 1 for key in ("n_sessions", "sample"))):
-            raise CorruptFileError(f"{where}: sknn must be an object with ints n_sessions >= 1 "
-                                   "and sample >= 1")
+                _is_int(info.get(key)) and info[key] >= 1 for key in ("n_sessions", "sample"))
+                and all(_is_int(info.get(key, 1)) and info.get(key, 1) >= 1
+                        for key in ("neighbors", "window"))):
+            raise CorruptFileError(f"{where}: sknn must be an object with ints n_sessions, "
+                                   "sample (and optional neighbors, window) >= 1")
     for key in sizes:
         if not _is_int(manifest[key]) or manifest[key] < 1:
             raise CorruptFileError(f"{where}: {key} must be an int >= 1, "
@@ -463,6 +465,11 @@ def _check_defaults(d: Any, manifest: dict[str, Any], where: Path) -> None:
             math.isfinite(bonus) and abs(bonus) <= 1e6):
         raise CorruptFileError(f"{where}: defaults.repeat_bonus must be a finite number with "
                                f"abs(x) <= 1e6, got {bonus!r}")
+    weight = d.get("knn_weight", 0.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
+            math.isfinite(weight) and 0 <= weight <= 1e6):
+        raise CorruptFileError(f"{where}: defaults.knn_weight must be a finite number in "
+                               f"[0, 1e6], got {weight!r}")
     n_cats = manifest.get("n_categories", 0)
     for key in CATEGORY_DEFAULT_KEYS if head else ():
         v = d.get(key)

@@ -111,7 +111,10 @@ class _Served:
             self.knn_index = SknnIndex(ix.item_indptr, ix.item_sessions, ix.session_indptr,
                                        ix.session_items, ix.item_weight, bundle.item_category)
             self.knn_kernel = make_sknn_kernel(self.knn_index, backend)
-            self.knn_sample: int = m["sknn"]["sample"]
+            info = m["sknn"]
+            self.knn_sample: int = info["sample"]
+            self.knn_neighbors: int = min(info.get("neighbors", 100), self.knn_sample)
+            self.knn_window: int = info.get("window", m["inference"]["max_session_length"])
         self.n_categories: int = m.get("n_categories", 0)
         self.max_length: int = m["inference"]["max_session_length"]
         self.session_filter: str = m["inference"]["session_filter"]
@@ -121,7 +124,7 @@ class _Served:
         self.width: int = self.knn_sample if self.knn_only else m["neighbors_per_item"]
         self.backend = (self.knn_kernel if self.knn_only else self.kernel).name
         self._local = threading.local()
-        k, *rest = _options(self, None, None, None, None, None, None, None, None)
+        k, *rest = _options(self, None, None, None, None, None, None, None, None, None)
         self.default_options_k, self.default_options = k, tuple(rest)
 
     def popularity_rank(self) -> np.ndarray:
@@ -164,6 +167,7 @@ class CallPlan(NamedTuple):
     categories: int                # top predicted categories used (0: no category head)
     max_candidates: int            # cap on the "categories"/"sessions" policies' candidates
     repeat_bonus: float            # added to a session item's score when it may be returned
+    knn_weight: float              # "sessions" candidates: weight of the kNN score blended in
     known: np.ndarray              # int32 rows of the known session ids, oldest first
     unknown: int                   # session ids not in the catalog
     window: np.ndarray             # the last max_session_length rows of ``known``
@@ -261,6 +265,7 @@ class Recommender:
         categories: int | None = None,
         max_candidates: int | None = None,
         repeat_bonus: float | None = None,
+        knn_weight: float | None = None,
     ) -> Recommendation:
         """The top ``k`` next items for ``session`` (external ids, oldest first).
 
@@ -276,15 +281,19 @@ class Recommender:
         be returned (unknown ids in them are ignored); ``candidates``: "neighbors" (the
         neighbor rows of the session items) or "categories" (the items of the top
         ``categories`` predicted categories, at most ``max_candidates`` of them, most
-        popular first within a category). The category options need a bundle whose
-        encoder predicts categories; ``result.n_candidates`` says how many rows were scored.
+        popular first within a category) or "sessions" (the items of the nearest training
+        sessions: the session-kNN kernel's top ``max_candidates``, scored by the model, with
+        ``knn_weight`` times the normalised kNN score added; needs a bundle with a session
+        index). The category options need a bundle whose encoder predicts categories;
+        ``result.n_candidates`` says how many rows were scored. On a session-kNN bundle
+        (scorer "sknn") ``neighbors`` is the number of neighbor sessions.
         """
         return self.run(self.plan(session, k, category_filter=category_filter,
                                   neighbors=neighbors,
                                   exclude_session_items=exclude_session_items,
                                   exclude=exclude, allow=allow, candidates=candidates,
                                   categories=categories, max_candidates=max_candidates,
-                                  repeat_bonus=repeat_bonus))
+                                  repeat_bonus=repeat_bonus, knn_weight=knn_weight))
 
     def recommend_many(self, sessions: Iterable[Ids], k: int | None = None,
                        **options: Any) -> list[Recommendation]:
@@ -314,18 +323,20 @@ class Recommender:
         categories: int | None = None,
         max_candidates: int | None = None,
         repeat_bonus: float | None = None,
+        knn_weight: float | None = None,
     ) -> CallPlan:
         """Stages 1-3 of :meth:`recommend` (same arguments): options checked, ids mapped,
         the window chosen. Raises what ``recommend`` raises for bad arguments."""
         s = self._served  # read once: a concurrent reload() never mixes two bundles
         if (category_filter is None and neighbors is None and exclude_session_items is None
                 and candidates is None and categories is None and max_candidates is None
-                and repeat_bonus is None):
+                and repeat_bonus is None and knn_weight is None):
             options = s.default_options  # the common call: defaults validated at load
             k = s.default_options_k if k is None else _check_k(s, k)
         else:
             k, *options = _options(s, k, category_filter, neighbors, exclude_session_items,
-                                   candidates, categories, max_candidates, repeat_bonus)
+                                   candidates, categories, max_candidates, repeat_bonus,
+                                   knn_weight)
         ids = s.bundle.ids
         known, unknown = ids.known(ids.coerce(session, keep_last=s.limits.session_history))
         excluded = _rows(s, exclude, "exclude")
@@ -349,13 +360,16 @@ class Recommender:
         query = outputs[s.query_name]
         if not float(query.dot(query)) <= _MAX_QUERY_SQUARED:  # also False for NaN
             return _popular(s, plan, "nonfinite_query")
-        q = self.kernel_query(plan, outputs)
+        knn = self.knn_candidates(plan) if plan.candidates == "sessions" else None
+        q = self.kernel_query(plan, outputs, knn)
         top_rows, scores, n_cand = self.score(plan, q)
         if not plan.exclude_session_items:  # the session's own items, with the repeat bonus
             r_rows, r_scores, r_cand = self.score(plan, self.repeat_query(plan, q))
             top_rows, scores = _merge(top_rows, scores, r_rows,
-                                      r_scores + np.float32(plan.repeat_bonus), plan.k)
+                                      r_scores + np.float32(plan.repeat_bonus), q.k)
             n_cand += r_cand
+        if knn is not None and plan.knn_weight:
+            top_rows, scores = _blend(top_rows, scores, *knn, plan.knn_weight, plan.k)
         return _result(s, plan, top_rows, scores, n_cand)
 
     def encode(self, plan: CallPlan) -> EncoderOutputs | None:
@@ -366,10 +380,13 @@ class Recommender:
             return None
         return _encode(plan.served, plan.window)
 
-    def kernel_query(self, plan: CallPlan, outputs: EncoderOutputs) -> KernelQuery:
+    def kernel_query(self, plan: CallPlan, outputs: EncoderOutputs,
+                     knn: tuple[np.ndarray, np.ndarray] | None = None) -> KernelQuery:
         """Stage 5's input: what the kernel merges, filters and scores for this plan. The
         session's items are never among its candidates: when they may be returned,
-        :meth:`repeat_query` scores them in a second kernel call."""
+        :meth:`repeat_query` scores them in a second kernel call. ``knn``: the
+        :meth:`knn_candidates` of a "sessions" plan (when blending, every candidate is
+        returned, so that the blend can re-rank them all)."""
         s, window = plan.served, plan.window
         excluded = (np.concatenate([plan.excluded, plan.known]) if plan.excluded.size
                     else plan.known)
@@ -386,10 +403,12 @@ class Recommender:
         if plan.candidates == "categories":
             n_use, cands = 0, _category_items(s, top_cats, plan.max_candidates)
         elif plan.candidates == "sessions":  # the kNN kernel's top items, model-scored
-            knn = self.knn_query(plan)._replace(k=plan.max_candidates, exclude_session=True,
-                                                allowed_cats=allowed_cats)
-            n_use, cands = 0, self.score(plan, knn)[0]
-        return KernelQuery(seeds=window, query=outputs[s.query_name], k=plan.k, n_use=n_use,
+            cands = (knn if knn is not None else self.knn_candidates(plan))[0]
+            n_use = 0
+        k = plan.k
+        if plan.candidates == "sessions" and plan.knn_weight:
+            k = max(1, len(cands) + (0 if plan.exclude_session_items else len(plan.known)))
+        return KernelQuery(seeds=window, query=outputs[s.query_name], k=k, n_use=n_use,
                            exclude_seeds=True, excluded=excluded, allowed=plan.allowed,
                            allowed_cats=allowed_cats, candidates=cands)
 
@@ -401,16 +420,27 @@ class Recommender:
         return main._replace(seeds=plan.known, n_use=0, exclude_seeds=False,
                              excluded=plan.excluded, candidates=None)
 
+    def knn_candidates(self, plan: CallPlan) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, kNN scores) of the "sessions" policy on an encoder bundle: the session-kNN
+        kernel's top ``max_candidates`` items (session items included, without bonus)."""
+        q = self.knn_query(plan)._replace(k=plan.max_candidates, exclude_session=False,
+                                          session_bonus=0.0)
+        rows, scores, _ = self.score(plan, q)
+        return rows, scores
+
     def knn_query(self, plan: CallPlan) -> SknnQuery:
-        """Stages 4-5's input on a bundle with a session index: the window, the sample and
-        neighbor sessions, the rules and filters of the plan (kernels/sknn.py)."""
+        """The session-kNN kernel's input for a plan (kernels/sknn.py): on a session-kNN
+        bundle the whole call (stages 4-5); on an encoder bundle with a session index the
+        candidates of the "sessions" policy (the index's own window and neighbors)."""
         s, window = plan.served, plan.window
+        if not s.knn_only:
+            window = plan.known[-s.knn_window:]
         allowed_cats = None
         if plan.category_filter == "last":
             allowed_cats = s.bundle.item_category[window[-1:]]
         elif plan.category_filter == "session":
             allowed_cats = np.unique(s.bundle.item_category[window])
-        neighbors = plan.neighbors if s.knn_only else s.defaults.get("knn_neighbors", 100)
+        neighbors = plan.neighbors if s.knn_only else s.knn_neighbors
         return SknnQuery(session=window, sample=s.knn_sample, neighbors=neighbors, k=plan.k,
                          exclude_session=plan.exclude_session_items,
                          session_bonus=plan.repeat_bonus, excluded=plan.excluded,
@@ -483,7 +513,7 @@ def _check_k(s: _Served, k) -> int:
 
 
 def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, candidates,
-             categories, max_candidates, repeat_bonus):
+             categories, max_candidates, repeat_bonus, knn_weight):
     d = s.defaults
     k = _check_k(s, d["k"] if k is None else k)
     cat_filter = d["category_filter"] if category_filter is None else category_filter
@@ -535,7 +565,14 @@ def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, c
         raise TypeError(f"repeat_bonus must be a number, got {type(bonus).__name__}")
     if not (math.isfinite(bonus) and abs(bonus) <= 1e6):
         raise ValueError(f"repeat_bonus must be finite with abs(x) <= 1e6, got {bonus}")
-    return k, cat_filter, int(n_use), bool(exclude_seen), policy, n_cats, cap, float(bonus)
+    weight = d.get("knn_weight", 0.0) if knn_weight is None else knn_weight
+    if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer,
+                                                           np.floating)):
+        raise TypeError(f"knn_weight must be a number, got {type(weight).__name__}")
+    if not (math.isfinite(weight) and 0 <= weight <= 1e6):
+        raise ValueError(f"knn_weight must be finite and in [0, 1e6], got {weight}")
+    return (k, cat_filter, int(n_use), bool(exclude_seen), policy, n_cats, cap, float(bonus),
+            float(weight))
 
 
 def _merge(rows_a: np.ndarray, scores_a: np.ndarray, rows_b: np.ndarray,
@@ -555,6 +592,24 @@ def _result(s: _Served, plan: CallPlan, top_rows: np.ndarray, scores: np.ndarray
     if top_rows.size == 0:
         return _empty(plan.unknown, "no_candidates", n_cand)
     return Recommendation(s.bundle.ids.external(top_rows), scores, None, plan.unknown, n_cand)
+
+
+def _blend(rows: np.ndarray, scores: np.ndarray, knn_rows: np.ndarray,
+           knn_scores: np.ndarray, weight: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Model scores plus ``weight`` x the kNN score scaled to [0, 1] (0 for rows the kNN
+    kernel did not list); the top ``k`` by the blend, ties by the smaller row. float32
+    throughout, so every backend blends alike."""
+    knn = np.zeros(len(rows), np.float32)
+    if knn_rows.size:
+        top = knn_scores.max()
+        order = np.argsort(knn_rows, kind="stable")
+        pos = np.minimum(np.searchsorted(knn_rows[order], rows), len(order) - 1)
+        hit = knn_rows[order][pos] == rows
+        if top > 0:
+            knn[hit] = knn_scores[order][pos[hit]] / np.float32(top)
+    blended = (scores + np.float32(weight) * knn).astype(np.float32, copy=False)
+    pick = np.lexsort((rows, -blended))[:k]
+    return rows[pick], blended[pick]
 
 
 def _int_option(name: str, v, lo: int, hi: int | None) -> int:

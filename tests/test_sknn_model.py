@@ -209,3 +209,78 @@ def test_vsknn_baseline_maps_external_ids():
     assert set(base.recommend(np.array([10]), 3).tolist()) == {10, 20, 30}
     assert base.recommend(np.array([99]), 3).size == 0
     assert D.split_validation([1, 2, 3, 4, 5], 0.4, how="recent") == ([1, 2, 3], [4, 5])
+
+
+# ------------------------------------------------------------------ the hybrid bundle
+
+
+@pytest.fixture(scope="module")
+def hybrid_run(knn_run):
+    from export_tools.trainer import train
+
+    root, _, _ = knn_run
+    sessions, catalog = load_training_data(root / "train.csv", keep_repeats=True)
+    ckpt = train("grainrec", "fast", sessions, catalog, root / "gckpt",
+                 overrides={"dim": 16, "epochs": 1, "batch_size": 256,
+                            "same_category": False},
+                 valid_split="recent", progress=False,
+                 data_info={"train": str(root / "train.csv"), "items": None,
+                            "keep_repeats": True})
+    bundle, report = export_bundle(ckpt, root / "hybrid", neighbors=20, n_parity=20,
+                                   progress=False, session_index=root / "ckpt")
+    return root, bundle, report
+
+
+def test_hybrid_bundle_records_its_search(hybrid_run):
+    _, bundle, report = hybrid_run
+    rec = Recommender.load(bundle, verify=True)
+    m = rec.manifest
+    assert m.get("scorer", "encoder") == "encoder" and "sknn" in m
+    v = m["validation"]
+    assert {t["candidates"] for t in v["trials"]} == {"neighbors", "sessions"}
+    assert any(t["knn_weight"] > 0 for t in v["trials"])
+    best = max(v["trials"], key=lambda t: (t["HR@20"], t["MRR@20"]))
+    assert (best["HR@20"], best["MRR@20"]) == (v["chosen"]["HR@20"], v["chosen"]["MRR@20"])
+    for key in ("candidates", "knn_weight", "repeat_bonus", "exclude_session_items"):
+        assert m["defaults"][key] == v["chosen"][key]
+    # the bundle serves the index of every training session, not of the training part
+    config, _ = load_sknn(bundle.parent / "ckpt")
+    assert m["sknn"]["n_sessions"] == config["n_sessions"] == report["session_index"][
+        "n_sessions"]
+
+
+def test_hybrid_scores_are_the_models_plus_the_blend(hybrid_run):
+    _, bundle, _ = hybrid_run
+    rec = Recommender.load(bundle)
+    served = rec._served
+    matrix = np.asarray(served.bundle.item_matrix, np.float32)
+    rng = np.random.default_rng(1)
+    checked = 0
+    for i in rng.choice(rec.n_items, 40, replace=False):
+        session = rec.item_ids[[i, (i * 7 + 3) % rec.n_items]]
+        plan = rec.plan(session, k=20, candidates="sessions", knn_weight=0.0,
+                        exclude_session_items=True)
+        knn_rows, knn_scores = rec.knn_candidates(plan)
+        q = rec.query(session)
+        out = rec.recommend(session, k=20, candidates="sessions", knn_weight=0.0,
+                            exclude_session_items=True)
+        rows = rec._served.bundle.ids.rows(out.item_ids)
+        # only kNN candidates, never the session's items, scored by the model itself
+        assert set(rows.tolist()) <= set(knn_rows.tolist())
+        assert not set(rows.tolist()) & set(plan.known.tolist())
+        np.testing.assert_allclose(out.scores, matrix[rows] @ q, rtol=0, atol=1e-5)
+        # with a weight: model score + weight * kNN score / the call's top kNN score
+        w = 3.0
+        blended = rec.recommend(session, k=20, candidates="sessions", knn_weight=w,
+                                exclude_session_items=True)
+        cand = np.setdiff1d(knn_rows, plan.known)
+        if cand.size == 0:
+            continue
+        knn_of = dict(zip(knn_rows.tolist(), (knn_scores / knn_scores.max()).tolist()))
+        expect = matrix[cand] @ q + w * np.array([knn_of[r] for r in cand])
+        top = cand[np.lexsort((cand, -expect))][:20]
+        got = rec._served.bundle.ids.rows(blended.item_ids)
+        assert got.tolist() == top.tolist() or np.allclose(
+            np.sort(expect)[::-1][:20], blended.scores, atol=1e-4)
+        checked += 1
+    assert checked >= 10
