@@ -296,19 +296,21 @@ def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path 
              checkpoint: str | Path | None = None, limit: int | None = None,
              sweep: Sequence[int] = SWEEP, latency_sessions: int = LATENCY_SESSIONS,
              protocols: Sequence[str] = PROTOCOLS, prefixes_sample: int | None = None,
-             progress: bool = True, log: Callable[[str], None] = print) -> dict:
+             progress: bool = True, log: Callable[[str], None] = print,
+             name: str | None = None) -> dict:
     """All rows of the evaluation table for each protocol, as {"rows": [...], "info": {...}};
     every row carries its ``protocol``. ``limit``: the first N test sessions (all their
     prefixes in the "prefixes" protocol). ``prefixes_sample``: the "prefixes" protocol on
     an evenly spread subsample of that many test sessions (:func:`sample_sessions`; every
-    prefix of each), recorded in ``info["prefixes_sample"]``."""
+    prefix of each), recorded in ``info["prefixes_sample"]``. ``name``: the prefix of the
+    bundle's rows (default: the model kind, e.g. "grainrec/sdk")."""
     from sessrec_sdk import Recommender
 
     for protocol in protocols:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     rec = Recommender.load(bundle)
-    kind = rec.manifest["model"]["kind"]
+    kind = name or rec.manifest["model"]["kind"]
     served = rec._served
     knn_only = served.knn_only
     encoder = served.encoder
@@ -496,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(every n/N-th session in file order, all its prefixes); default: all")
     p.add_argument("--latency-sessions", type=lambda v: max(1, int(v)), default=LATENCY_SESSIONS,
                    help=f"timed recommend() calls per SDK row (default {LATENCY_SESSIONS})")
+    p.add_argument("--name", help="prefix of the bundle's rows (default: the model kind), "
+                   "e.g. to tell a hybrid bundle from the plain one in one table")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -510,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate(args.bundle, args.test, train_csv=train_csv, checkpoint=args.checkpoint,
                       limit=args.limit, latency_sessions=args.latency_sessions,
                       protocols=PROTOCOLS if args.protocol == "both" else (args.protocol,),
-                      prefixes_sample=args.prefixes_sample,
+                      prefixes_sample=args.prefixes_sample, name=args.name,
                       progress=not args.no_progress and sys.stderr.isatty())
     result["info"]["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
