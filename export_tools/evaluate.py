@@ -30,11 +30,31 @@ Rows of the table (method names are stable, scripts read them from the JSON):
   <model>/sdk/neighbors=<n>  the neighbors-per-item sweep (paper Fig. 4)
   <model>/sdk/candidates=..  with a session index in the bundle: neighbor-row candidates,
                              or the kNN candidates scored by the model alone (no blend)
+  <model>/sdk/categories=<K> bundles whose encoder predicts categories (a category_scores
+                             output): candidates="categories", the items of the top K
+                             predicted categories (capped at the bundle's max_candidates),
+                             category_filter "none" (the policy alone), other defaults;
+                             columns ``category_top1`` and ``category_top<K>``: share of
+                             examples whose target's category is the top-1 / among the top
+                             K predicted (``target_category_hit`` = the latter)
+  <model>/sdk/random=<K>     the control of the paper's Figure 2a: as categories=<K>, but
+                             the kernel scores as many uniformly drawn catalog rows (seeded)
+                             as the categories=<K> call would have had; same scoring path
+                             (Recommender.plan, encode, kernel_query with its candidates
+                             replaced, score)
+  <model>/sdk/neighbors      candidates="neighbors" with the bundle's other defaults
+  <model>/sdk/predicted      neighbor candidates kept only in the top ``categories`` (the
+                             bundle's default K) predicted categories
   sknn/sdk                   a session-kNN bundle with its defaults (no full-catalog rows:
   sknn/sdk/exclude           it scores only its neighbor sessions' items); session items
   sknn/sdk/no-bonus          never returned; returned without the repeat bonus
 
-Every SDK row runs every test example through ``Recommender.recommend``. A session's query
+Every SDK row runs every test example through ``Recommender.recommend`` and carries
+``candidates_mean`` (mean ``result.n_candidates``: rows scored per call, 0 for a
+popularity fallback) and ``catalog_share`` (that over n_items). For bundles that predict
+categories ``info["category_accuracy"][protocol]`` holds ``category_top<K>`` for every K
+of :data:`CATEGORY_SWEEP` (denominator: every example; a target unknown to the bundle,
+without a category or after a session without a known item is a miss). A session's query
 vector depends on the session only, so after the first SDK pass the encoder's answers are
 memoised (:class:`MemoEncoder`) and the other passes cost the kernel alone; the latency
 columns (protocol "last" only) come from separate, unmemoised calls on the first
@@ -55,6 +75,9 @@ from . import data as D
 from .metrics import KS, MISS, list_rank, rank_in_scores, ranking_metrics  # noqa: F401
 
 SWEEP = (25, 50, 75, 100, 125, 150)
+#: K (top predicted categories) of the categories=K and random=K rows
+CATEGORY_SWEEP = (1, 2, 3, 5, 10, 20)
+RANDOM_SEED = 0  # random=K rows draw from np.random.default_rng((RANDOM_SEED, K))
 LATENCY_SESSIONS = 2000  # timed recommend() calls per SDK row
 
 
@@ -276,6 +299,84 @@ def full_catalog_ranks_sdk(rec, inputs, targets, progress: bool, block: int = 51
     return plain, post
 
 
+def candidate_columns(counts: Sequence[int], n_items: int) -> dict:
+    """``candidates_mean`` (rows scored per call) and ``catalog_share`` (over n_items)."""
+    mean = float(np.mean(counts)) if len(counts) else 0.0
+    return {"candidates_mean": round(mean, 1),
+            "catalog_share": round(mean / n_items, 6) if n_items else 0.0}
+
+
+def category_accuracy(rec, inputs: list[np.ndarray], targets: np.ndarray,
+                      ks: Sequence[int]) -> dict:
+    """``category_top<K>`` for each K: the share of examples whose target's category is
+    among the K highest ``category_scores`` of the encoder (ties: the smaller category, as
+    the runtime ranks them) for the SDK's window of the input. Every example counts: a
+    target unknown to the bundle or without a category, or an input without a known item,
+    is a miss. Runs the (memoised) encoder through ``Recommender.plan``/``encode``."""
+    served = rec._served
+    ids, cats = served.bundle.ids, np.asarray(served.bundle.item_category)
+    t_rows = ids.rows(ids.coerce(targets))
+    t_cats = np.where(t_rows >= 0, cats[np.maximum(t_rows, 0)], -1)
+    ks = sorted({int(k) for k in ks if 1 <= k <= served.n_categories})
+    rank = np.full(len(targets), np.iinfo(np.int64).max, dtype=np.int64)
+    for i, x in enumerate(inputs):
+        if t_cats[i] < 0:
+            continue
+        plan = rec.plan(x)
+        outputs = rec.encode(plan)
+        if outputs is None:
+            continue
+        scores = np.asarray(outputs[served.category_name]).ravel()
+        c = t_cats[i]
+        # 0-based rank in the stable descending order (ties: smaller category first)
+        rank[i] = int((scores > scores[c]).sum() + (scores[:c] == scores[c]).sum())
+    out = {f"category_top{k}": round(float((rank < k).mean()), 6) if len(rank) else 0.0
+           for k in ks}
+    out["n"] = int(len(targets))
+    out["targets_with_category"] = int((t_cats >= 0).sum())
+    return out
+
+
+class RandomCandidates:
+    """The random control of the "categories" policy (the paper's Figure 2a): for each call
+    the plan of ``candidates="categories", categories=K``, the encoder's outputs and the
+    kernel query as ``Recommender.run`` builds them, then the query's candidate rows
+    replaced by as many rows drawn uniformly without replacement from the catalog (one
+    seeded generator per K, drawn in example order), scored by ``Recommender.score`` (the
+    serving kernel). Session items are merged as ``run`` does when they may be returned.
+    ``n_candidates`` of each call is kept in ``counts``."""
+
+    def __init__(self, rec, K: int, k: int, seed: int = RANDOM_SEED, **options):
+        self.rec, self.K, self.k, self.options = rec, K, k, options
+        self.rng = np.random.default_rng((seed, K))
+        self.counts: list[int] = []
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        from sessrec_sdk.recommender import _merge
+
+        rec = self.rec
+        plan = rec.plan(x, k=self.k, candidates="categories", categories=self.K,
+                        **self.options)
+        outputs = rec.encode(plan)
+        if outputs is None:  # no known item: the popularity fallback, as recommend()
+            out = rec.run(plan)
+            self.counts.append(out.n_candidates)
+            return out.item_ids
+        q = rec.kernel_query(plan, outputs)
+        size = 0 if q.candidates is None else len(q.candidates)
+        n_items = plan.served.n_items
+        cands = np.sort(self.rng.choice(n_items, size=min(size, n_items), replace=False))
+        q = q._replace(candidates=cands.astype(np.int32))
+        rows, scores, n_cand = rec.score(plan, q)
+        if not plan.exclude_session_items:
+            r_rows, r_scores, r_cand = rec.score(plan, rec.repeat_query(plan, q))
+            rows, scores = _merge(rows, scores, r_rows,
+                                  r_scores + np.float32(plan.repeat_bonus), q.k)
+            n_cand += r_cand
+        self.counts.append(int(n_cand))
+        return plan.served.bundle.ids.external(rows)
+
+
 def full_catalog_ranks_torch(checkpoint: str | Path, inputs, targets, progress: bool
                              ) -> np.ndarray:
     """The torch model's own ranking over the whole catalog, with its training-time session
@@ -297,7 +398,8 @@ def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path 
              sweep: Sequence[int] = SWEEP, latency_sessions: int = LATENCY_SESSIONS,
              protocols: Sequence[str] = PROTOCOLS, prefixes_sample: int | None = None,
              progress: bool = True, log: Callable[[str], None] = print,
-             name: str | None = None) -> dict:
+             name: str | None = None,
+             category_sweep: Sequence[int] = CATEGORY_SWEEP) -> dict:
     """All rows of the evaluation table for each protocol, as {"rows": [...], "info": {...}};
     every row carries its ``protocol``. ``limit``: the first N test sessions (all their
     prefixes in the "prefixes" protocol). ``prefixes_sample``: the "prefixes" protocol on
@@ -368,14 +470,20 @@ def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path 
         if knn_only:
             def knn_row(name: str, timed=timed, inputs=inputs, targets=targets, add=add,
                         **options) -> None:
+                counts: list[int] = []
+
                 def call(x):
-                    return rec.recommend(x, k=k, **options).item_ids
+                    out = rec.recommend(x, k=k, **options)
+                    counts.append(out.n_candidates)
+                    return out.item_ids
                 lat = {}
                 if timed:
                     for x in timed[:200]:
                         call(x)
                     lat = latency(call, timed)
-                add({**evaluate_lists(name, call, inputs, targets, progress), **lat})
+                counts.clear()
+                row = evaluate_lists(name, call, inputs, targets, progress)
+                add({**row, **lat, **candidate_columns(counts, served.n_items)})
 
             knn_row(f"{kind}/sdk")
             knn_row(f"{kind}/sdk/exclude", exclude_session_items=True)
@@ -394,9 +502,14 @@ def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path 
                                      rec.manifest["defaults"]["exclude_session_items"]}})
 
         def sdk_row(name: str, timed=timed, inputs=inputs, targets=targets, add=add,
-                    **options) -> None:
-            def call(x):
-                return rec.recommend(x, k=k, **options).item_ids
+                    extra: dict | None = None, call=None, counts=None, **options) -> None:
+            if call is None:
+                counts = []
+
+                def call(x):
+                    out = rec.recommend(x, k=k, **options)
+                    counts.append(out.n_candidates)
+                    return out.item_ids
             lat = {}
             if timed:
                 served.encoder = encoder  # latency: whole calls, encoder included
@@ -404,7 +517,9 @@ def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path 
                     call(x)
                 lat = latency(call, timed)
             served.encoder = memo
-            add({**evaluate_lists(name, call, inputs, targets, progress), **lat})
+            counts.clear()
+            row = evaluate_lists(name, call, inputs, targets, progress)
+            add({**row, **lat, **candidate_columns(counts, served.n_items), **(extra or {})})
 
         sdk_row(f"{kind}/sdk")
         filters = ("last", "session", "none") if rec.manifest["has_categories"] else ("none",)
@@ -422,6 +537,25 @@ def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path 
             sdk_row(f"{kind}/sdk/neighbors={m}", neighbors=m, **(
                 {"candidates": "neighbors", "knn_weight": 0.0}
                 if served.knn_kernel is not None else {}))
+        if served.category_name is not None:  # the encoder predicts categories
+            ks = [c for c in category_sweep if c <= served.n_categories]
+            acc = category_accuracy(rec, inputs, targets, ks)
+            info.setdefault("category_accuracy", {})[protocol] = acc
+            log("category accuracy: " + ", ".join(
+                f"{c} {v:.4f}" for c, v in acc.items() if c.startswith("category_top")))
+            sdk_row(f"{kind}/sdk/neighbors", candidates="neighbors")
+            sdk_row(f"{kind}/sdk/predicted", candidates="neighbors",
+                    category_filter="predicted")
+            for c in ks:
+                hit = {"category_top1": acc["category_top1"],
+                       f"category_top{c}": acc[f"category_top{c}"],
+                       "target_category_hit": acc[f"category_top{c}"]}
+                sdk_row(f"{kind}/sdk/categories={c}", extra=hit, candidates="categories",
+                        categories=c, category_filter="none")
+            for c in ks:
+                control = RandomCandidates(rec, c, k, category_filter="none")
+                sdk_row(f"{kind}/sdk/random={c}", timed=[], call=control,  # not timed
+                        counts=control.counts, extra={"seed": RANDOM_SEED})
         served.encoder = encoder
     return {"rows": rows, "info": info}
 
@@ -480,6 +614,44 @@ def plot(result: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
+def plot_categories(result: dict, path: str | Path, protocol: str = "last") -> None:
+    """The K sweep of the "categories" policy against its random control (the paper's
+    Figure 2a): HR@20 and MRR@20 against the share of the catalog scored."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r.get("protocol", "last") == protocol]
+    cat = [r for r in rows if "/sdk/categories=" in r["method"]]
+    rnd = [r for r in rows if "/sdk/random=" in r["method"]]
+    if not cat:
+        raise ValueError("no categories=K rows in the result to plot")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for metric, style, color in (("HR@20", "o", "C0"), ("MRR@20", "s", "C1")):
+        ax.plot([100 * r["catalog_share"] for r in cat], [r[metric] for r in cat],
+                style + "-", color=color, label=f"{metric} top-K predicted categories")
+        if rnd:
+            ax.plot([100 * r["catalog_share"] for r in rnd], [r[metric] for r in rnd],
+                    style + ":", color=color, alpha=0.6, label=f"{metric} random, same size")
+        for r in (r for r in rows if r["method"].endswith("/full")):
+            ax.axhline(r[metric], ls="--", color=color, lw=0.8,
+                       label=f"{metric} full catalog")
+    for r in cat:
+        ax.annotate(f"K={r['method'].rsplit('=', 1)[1]}",
+                    (100 * r["catalog_share"], r["HR@20"]), textcoords="offset points",
+                    xytext=(3, 4), fontsize=7)
+    ax.set_xlabel("share of the catalog scored per call (%)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="center right", fontsize=7)
+    n = result["info"].get("n_examples", {}).get(protocol, 0)
+    ax.set_title(f"Top-K predicted categories vs random candidates ({protocol}, {n:,} "
+                 "examples)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sessrec evaluate", description=__doc__.split("\n")[0])
     p.add_argument("bundle")
@@ -489,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint directory, for the full-catalog row")
     p.add_argument("--json", help="write {'rows': [...], 'info': {...}} here")
     p.add_argument("--plot", help="write a PNG of accuracy and latency vs neighbors")
+    p.add_argument("--plot-categories", metavar="PNG",
+                   help="write a PNG of the categories=K sweep against its random control "
+                   "(bundles whose encoder predicts categories; protocol last)")
     p.add_argument("--protocol", choices=[*PROTOCOLS, "both"], default="both",
                    help="last: the last event of each test session; prefixes: every prefix "
                    "predicts its next event; both (default)")
@@ -521,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:
         plot(result, args.plot)
+    if args.plot_categories:
+        plot_categories(result, args.plot_categories)
     print(f"({result['info']['n_examples']} examples per protocol, "
           f"{result['info']['unknown_targets']} "
           f"targets unknown to the bundle; {result['info']['seconds']} s)")

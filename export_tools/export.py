@@ -70,6 +70,9 @@ BONUS_MULTIPLES = (0.1, 0.25, 0.5, 1.0, 2.0, 1e3)
 #: Weights of the kNN score (scaled to [0, 1] per call) blended into the model's, in the
 #: same units, for bundles that carry a session index (``--session-index``).
 KNN_WEIGHT_MULTIPLES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+#: Top predicted categories (``categories=K``) tried for bundles whose encoder predicts
+#: categories: the items of the top K as candidates, or K of the "predicted" filter.
+CATEGORY_KS = (1, 2, 3, 5, 10)
 
 
 def defaults_by_validation(bundle: Path, valid_rows: list[np.ndarray], catalog: D.Catalog,
@@ -79,7 +82,14 @@ def defaults_by_validation(bundle: Path, valid_rows: list[np.ndarray], catalog: 
     validation session as it would in service: a coordinate search from the written
     defaults, best HR@20 (then MRR@20) kept; returns (chosen setting with its figures,
     every trial). Ties keep the earlier setting (the written default, the less
-    restrictive filter, the smaller bonus)."""
+    restrictive filter, the smaller bonus).
+
+    For a bundle whose encoder predicts categories the search also covers the
+    "predicted" filter, ``candidates`` "neighbors" / "categories" and then ``categories``
+    (K) in :data:`CATEGORY_KS` (with "categories" candidates, or K of the "predicted"
+    filter when that filter on neighbor candidates is the best so far); when "categories"
+    candidates win, the category filter is tried again on them. The chosen setting and
+    every trial then carry ``candidates`` and ``categories``."""
     from sessrec_sdk import Recommender
 
     from .evaluate import MemoEncoder
@@ -98,12 +108,16 @@ def defaults_by_validation(bundle: Path, valid_rows: list[np.ndarray], catalog: 
     hybrid = served.knn_kernel is not None  # a session index rides along: try its candidates
     if hybrid:
         best.update(candidates=d["candidates"], knn_weight=float(d.get("knn_weight", 0.0)))
+    head = served.category_name is not None and served.bundle.category_indptr is not None
+    if head:  # the encoder predicts categories: its candidates and K
+        best.update(candidates=d["candidates"], categories=int(d["categories"]))
     trials: list[dict] = []
 
     def run(setting: dict) -> dict:
         served.max_length = setting["window"]
         opts = {k: setting[k] for k in ("category_filter", "exclude_session_items",
-                                        "repeat_bonus", "candidates", "knn_weight")
+                                        "repeat_bonus", "candidates", "knn_weight",
+                                        "categories")
                 if k in setting}
         ranks = np.fromiter((list_rank(rec.recommend(x, k=20, **opts).item_ids, t)
                              for x, t in zip(inputs, targets)), np.int64, len(targets))
@@ -118,13 +132,29 @@ def defaults_by_validation(bundle: Path, valid_rows: list[np.ndarray], catalog: 
 
     best_m = run(best)
     filters = ("none", "last", "session") if rec.manifest["has_categories"] else ("none",)
+    if head:
+        filters = (*filters, "predicted")
     stages = [("exclude_session_items", (True, False)), ("window", WINDOWS),
               ("category_filter", filters)]
-    if hybrid:
-        stages.append(("candidates", ("neighbors", "sessions")))
+    if hybrid or head:
+        stages.append(("candidates", ("neighbors",) + (("sessions",) if hybrid else ())
+                       + (("categories",) if head else ())))
+    if head:
+        stages.append(("categories", CATEGORY_KS))
     for key, values in stages:
         for value in values:
             trial = {**best, key: value}
+            if key == "categories" and trial["candidates"] != "categories" and \
+                    trial["category_filter"] != "predicted":
+                trial["candidates"] = "categories"  # K matters to these candidates
+            if trial == best:
+                continue
+            m = run(trial)
+            if better(m, best_m):
+                best, best_m = trial, m
+    if head and best["candidates"] == "categories":  # the filter, on category candidates
+        for value in filters:
+            trial = {**best, "category_filter": value}
             if trial == best:
                 continue
             m = run(trial)

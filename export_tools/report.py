@@ -5,14 +5,22 @@ are generated with this, not typed.
 
 One table of every row of every file, both protocols (rows sorted by protocol, then in
 file order); a baseline row (``popularity``, ``transition``) that several files measured
-identically on the same examples is listed once (also ``repeat``, ``vsknn``). ``--methods`` keeps only rows whose
-method matches one of the given shell patterns (e.g. ``'*/full*' '*/sdk'``).
+identically on the same examples is listed once (also ``repeat``, ``vsknn``).
+``--methods`` keeps only rows whose method matches one of the given shell patterns (e.g.
+``'*/full*' '*/sdk'``).
 
     python -m export_tools.report --fill docs/evaluation.md
 
 regenerates, in place, every block of a markdown file between a line
 ``<!-- report: JSON... [--methods PATTERN...] -->`` and the next ``<!-- /report -->``
 (paths relative to the repository root, the current directory).
+
+``--columns COL...`` appends further row columns to the table, e.g. ``candidates_mean``
+(rows scored per call), ``catalog_share`` (that over the catalog, shown in %) and
+``target_category_hit`` (share of examples whose target's category is among the top K
+predicted, on ``categories=K`` rows); a row without the column leaves its cell empty.
+``--category-accuracy`` prints instead the category-prediction accuracy of each file
+(``info["category_accuracy"]``: top-K hit rate of the target's category, per protocol).
 """
 from __future__ import annotations
 
@@ -53,8 +61,24 @@ def rows_of(results: list[tuple[str, dict]], methods: list[str] | None = None) -
     return sorted(out, key=lambda r: order.get(r["protocol"], 2))  # stable: file order
 
 
-def markdown(rows: list[dict]) -> str:
-    head = ["method", "protocol", "examples", *COLUMNS, "median µs", "p99 µs"]
+#: headers and formats of the columns ``--columns`` may append
+EXTRA = {"candidates_mean": ("candidates", lambda v: f"{v:,.1f}"),
+         "catalog_share": ("catalog %", lambda v: f"{100 * v:.2f}"),
+         "target_category_hit": ("target category in top K", lambda v: f"{v:.4f}")}
+
+
+def _extra_cell(row: dict, col: str) -> str:
+    v = row.get(col)
+    if v is None:
+        return ""
+    fmt = EXTRA.get(col, (col, lambda x: f"{x:.4f}" if isinstance(x, float) else str(x)))[1]
+    return fmt(v)
+
+
+def markdown(rows: list[dict], extra: list[str] | None = None) -> str:
+    extra = list(extra or [])
+    head = ["method", "protocol", "examples", *COLUMNS, "median µs", "p99 µs",
+            *(EXTRA.get(c, (c,))[0] for c in extra)]
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for r in rows:
@@ -65,7 +89,33 @@ def markdown(rows: list[dict]) -> str:
         p99 = r.get("latency_p99_us")
         cells = [f"`{r['method']}`", protocol, f"{r['n']:,}",
                  *(f"{r[c]:.4f}" for c in COLUMNS),
-                 "" if lat is None else f"{lat:.1f}", "" if p99 is None else f"{p99:.1f}"]
+                 "" if lat is None else f"{lat:.1f}", "" if p99 is None else f"{p99:.1f}",
+                 *(_extra_cell(r, c) for c in extra)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def category_accuracy_markdown(results: list[tuple[str, dict]]) -> str:
+    """One line per file and protocol: the top-K hit rates of the target's category."""
+    entries = [(name, protocol, acc, result.get("info", {}))
+               for name, result in results
+               for protocol, acc in result.get("info", {}).get("category_accuracy", {}).items()]
+    if not entries:
+        raise ValueError("no category_accuracy in the given files (a bundle whose encoder "
+                         "predicts categories, evaluated with this version)")
+    ks = sorted({int(key[len("category_top"):]) for *_, acc, _ in entries
+                 for key in acc if key.startswith("category_top")})
+    head = ["file", "protocol", "examples", *(f"top-{k}" for k in ks)]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    order = {"last": 0, "prefixes": 1}
+    for name, protocol, acc, info in sorted(entries, key=lambda e: order.get(e[1], 2)):
+        sample = (info.get("prefixes_sample") or {}).get("sessions")
+        label = protocol + (f" ({sample:,} sessions)" if sample and protocol == "prefixes"
+                            else "")
+        cells = [f"`{name}`", label, f"{acc['n']:,}",
+                 *("" if acc.get(f"category_top{k}") is None
+                   else f"{acc[f'category_top{k}']:.4f}" for k in ks)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -75,8 +125,14 @@ def table(argv: list[str]) -> str:
                                 description=__doc__.split("\n")[0])
     p.add_argument("json", nargs="+", help="sessrec evaluate --json outputs")
     p.add_argument("--methods", nargs="*", help="shell patterns of the methods to keep")
+    p.add_argument("--columns", nargs="*", help="further row columns to append, e.g. "
+                   "candidates_mean catalog_share target_category_hit")
+    p.add_argument("--category-accuracy", action="store_true",
+                   help="the category-prediction accuracy of each file instead of the rows")
     args = p.parse_args(argv)
-    return markdown(rows_of(load(args.json), args.methods))
+    if args.category_accuracy:
+        return category_accuracy_markdown(load(args.json))
+    return markdown(rows_of(load(args.json), args.methods), args.columns)
 
 
 def fill(path: str | Path) -> int:

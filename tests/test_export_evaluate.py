@@ -249,6 +249,15 @@ def test_evaluate_rows_json_and_plot(tiny_run, tmp_path):
         assert 0 <= r["MRR@20"] <= r["HR@20"] <= 1 and r["HR@10"] <= r["HR@20"]
     sdk = next(r for r in result["rows"] if r["method"] == "grainrec/sdk")
     assert sdk["latency_median_us"] > 0 and sdk["latency_calls"] > 0
+    # every SDK row says how many rows it scored; no category rows without a category head
+    n_items = Recommender.load(bundle).n_items
+    for r in result["rows"]:
+        if "/sdk" in r["method"]:
+            assert r["candidates_mean"] > 0
+            assert r["catalog_share"] == pytest.approx(r["candidates_mean"] / n_items,
+                                                       abs=1e-5)
+    assert not any("/sdk/categories=" in n or "/sdk/random=" in n for n in names)
+    assert "category_accuracy" not in result["info"]
     # the memoised encoder changes nothing: the same rows from plain recommend() calls
     inputs, targets = load_test_examples(root / "test.csv")
     rec = Recommender.load(bundle)

@@ -129,3 +129,139 @@ def test_bundle_serves_the_category_policies_with_the_models_scores(exported, tm
     pred = rec.recommend([r * 10 for r in session_rows], k=10, category_filter="predicted",
                          categories=2)
     assert set(cats[pred.item_ids // 10].tolist()) <= set(top_cats.tolist())
+
+
+# ------------------------------------------------ export search and evaluation rows
+# A tiny HierSRec trained on a slice of Diginetica and exported with the validation search:
+# the K stage of defaults_by_validation and the category rows of the evaluation.
+
+import gzip  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "diginetica"
+
+
+def _slice_csv(src: Path, dst: Path, n_sessions: int) -> None:
+    with gzip.open(src, "rt") as f:
+        header, *rows = f.read().splitlines()
+    keep, out = set(), [header]
+    for line in rows:
+        sid = line.split(",", 1)[0]
+        if sid not in keep and len(keep) >= n_sessions:
+            continue
+        keep.add(sid)
+        out.append(line)
+    dst.write_text("\n".join(out) + "\n")
+
+
+@pytest.fixture(scope="module")
+def hier_run(tmp_path_factory):
+    from export_tools.export import export_bundle
+    from export_tools.train import load_training_data, train
+
+    root = tmp_path_factory.mktemp("hier_run")
+    _slice_csv(DATA / "train.csv.gz", root / "train.csv", 1000)
+    _slice_csv(DATA / "test.csv.gz", root / "test.csv", 80)
+    sessions, catalog = load_training_data(root / "train.csv", DATA / "items.csv.gz")
+    ckpt = train("hiersrec", "fast", sessions, catalog, root / "ckpt",
+                 overrides={"dim": 16, "cat_dim": 8, "width": 16, "heads": 4,
+                            "proj_dim": 8, "epochs": 1, "batch_size": 256},
+                 progress=False, threads=1,
+                 data_info={"train": str(root / "train.csv"),
+                            "items": str(DATA / "items.csv.gz")})
+    bundle, report = export_bundle(ckpt, root / "bundle", neighbors=20, n_parity=10,
+                                   progress=False)
+    return root, ckpt, bundle, report
+
+
+def test_export_search_tries_category_candidates_and_k(hier_run):
+    from export_tools.export import CATEGORY_KS
+
+    _, _, bundle, report = hier_run
+    assert report["defaults_choice"] == "best validation HR@20 (then MRR@20)"
+    m = Recommender.load(bundle).manifest
+    v = m["validation"]
+    trials = v["trials"]
+    assert all({"candidates", "categories"} <= set(t) for t in trials)
+    assert {"neighbors", "categories"} <= {t["candidates"] for t in trials}
+    assert "predicted" in {t["category_filter"] for t in trials}
+    ks = {t["categories"] for t in trials if t["candidates"] == "categories"
+          or t["category_filter"] == "predicted"}
+    assert set(CATEGORY_KS) <= ks
+    best = max(trials, key=lambda t: (t["HR@20"], t["MRR@20"]))
+    assert (best["HR@20"], best["MRR@20"]) == (v["chosen"]["HR@20"], v["chosen"]["MRR@20"])
+    assert {"candidates", "categories"} <= set(v["chosen"])
+    assert m["defaults"]["candidates"] == v["chosen"]["candidates"]
+
+
+def test_evaluate_category_rows_candidates_and_accuracy(hier_run):
+    from export_tools.evaluate import (
+        RandomCandidates,
+        evaluate,
+        evaluate_lists,
+        load_test_examples,
+    )
+
+    root, ckpt, bundle, _ = hier_run
+    ks = (1, 2, 5)
+    result = evaluate(bundle, root / "test.csv", checkpoint=ckpt, progress=False,
+                      log=lambda s: None, sweep=(10, 20), latency_sessions=20,
+                      prefixes_sample=25, category_sweep=ks)
+    rows = {(r["method"], r["protocol"]): r for r in result["rows"]}
+    rec = Recommender.load(bundle)
+    n_items = rec.n_items
+    for protocol in ("last", "prefixes"):
+        for name in ("hiersrec/full", "hiersrec/sdk", "hiersrec/sdk/neighbors",
+                     "hiersrec/sdk/predicted", *(f"hiersrec/sdk/categories={c}" for c in ks),
+                     *(f"hiersrec/sdk/random={c}" for c in ks)):
+            assert (name, protocol) in rows, (name, protocol)
+        sdk_rows = [r for (m, p), r in rows.items() if p == protocol and "/sdk" in m]
+        for r in sdk_rows:  # every SDK row says how much of the catalog it scored
+            assert r["candidates_mean"] >= 0
+            assert r["catalog_share"] == pytest.approx(r["candidates_mean"] / n_items,
+                                                       abs=1e-5)
+        acc = result["info"]["category_accuracy"][protocol]
+        tops = [acc[f"category_top{c}"] for c in ks]
+        assert tops == sorted(tops) and 0 <= tops[0] and tops[-1] <= 1
+        means = [rows[(f"hiersrec/sdk/categories={c}", protocol)]["candidates_mean"]
+                 for c in ks]
+        assert means == sorted(means) and means[0] > 0
+        for c in ks:
+            cat_row = rows[(f"hiersrec/sdk/categories={c}", protocol)]
+            assert cat_row["target_category_hit"] == acc[f"category_top{c}"]
+            rnd = rows[(f"hiersrec/sdk/random={c}", protocol)]
+            # as many rows scored as the category call (less the session items it drops)
+            assert abs(rnd["candidates_mean"] - cat_row["candidates_mean"]) <= 20
+    # the memoised encoder changes nothing: the same row from plain recommend() calls
+    inputs, targets = load_test_examples(root / "test.csv")
+    plain = evaluate_lists("x", lambda x: rec.recommend(
+        x, k=20, candidates="categories", categories=2, category_filter="none").item_ids,
+        inputs, targets, progress=False)
+    row = rows[("hiersrec/sdk/categories=2", "last")]
+    assert {c: row[c] for c in ("HR@20", "MRR@20", "n")} == \
+        {c: plain[c] for c in ("HR@20", "MRR@20", "n")}
+    # category accuracy by hand: top-1 = argmax of the encoder's category scores
+    cats = np.asarray(rec.bundle.item_category)
+    hits = 0
+    for x, t in zip(inputs, targets):
+        plan = rec.plan(x)
+        out = rec.encode(plan)
+        row_t = rec.bundle.ids.rows(rec.bundle.ids.coerce(np.array([t])))[0]
+        if out is not None and row_t >= 0 and cats[row_t] >= 0:
+            hits += int(np.argmax(out["category_scores"].ravel()) == cats[row_t])
+    assert result["info"]["category_accuracy"]["last"]["category_top1"] == \
+        pytest.approx(hits / len(targets), abs=1e-6)
+    # the random control: seeded (same lists again), each call as many random rows as the
+    # category policy's candidates, scored by the serving kernel
+    opts = {"category_filter": "none", "exclude_session_items": True}
+    a, b = RandomCandidates(rec, 2, 20, **opts), RandomCandidates(rec, 2, 20, **opts)
+    for x in inputs[:15]:
+        ra, rb = a(x), b(x)
+        np.testing.assert_array_equal(ra, rb)
+        plan = rec.plan(x, k=20, candidates="categories", categories=2, **opts)
+        if plan.known.size:
+            q = rec.kernel_query(plan, rec.encode(plan))
+            rows_scored = a.counts[-1]
+            assert rows_scored <= len(q.candidates)
+            assert rows_scored >= len(q.candidates) - len(plan.known)
+    assert a.counts == b.counts
