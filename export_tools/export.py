@@ -455,7 +455,7 @@ def export_bundle(
                                                     log=print if progress else _quiet)
             defaults = {**defaults, **{k: chosen[k] for k in (
                 "category_filter", "exclude_session_items", "repeat_bonus", "candidates",
-                "knn_weight") if k in chosen}}
+                "categories", "knn_weight") if k in chosen}}
             inference = {**inference, "max_session_length": chosen["window"]}
             validation = {
                 "split": f"{config.get('valid_split', 'random')} "
