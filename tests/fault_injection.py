@@ -41,6 +41,7 @@ import argparse
 import copy
 import hashlib
 import json
+import math
 import os
 import random
 import resource
@@ -64,6 +65,8 @@ import onnxruntime  # noqa: F401
 import sessrec_sdk
 from sessrec_sdk import Recommender
 from sessrec_sdk.bundle import (
+    CATEGORY_INDICES,
+    CATEGORY_INDPTR,
     ENCODER,
     INPUT_EMBEDDING,
     ITEM_BIAS,
@@ -76,6 +79,12 @@ from sessrec_sdk.bundle import (
     NEIGHBORS,
     POPULARITY,
     POPULARITY_SCORES,
+    SKNN_FILES,
+    SKNN_ITEM_INDPTR,
+    SKNN_ITEM_SESSIONS,
+    SKNN_ITEM_WEIGHT,
+    SKNN_SESSION_INDPTR,
+    SKNN_SESSION_ITEMS,
     sha256_of,
     write_bundle,
 )
@@ -94,7 +103,10 @@ BACKENDS = ("c", "numba", "numpy")
 MODES: tuple[bool | None, ...] = (None, False)
 ALL_FILES = (MANIFEST, ENCODER, ITEM_MATRIX, ITEM_BIAS, INPUT_EMBEDDING, NEIGHBORS,
              ITEM_CATEGORY, POPULARITY, POPULARITY_SCORES, ITEM_IDS, ITEM_IDS_SORTED,
-             ITEM_IDS_ORDER)
+             ITEM_IDS_ORDER, CATEGORY_INDPTR, CATEGORY_INDICES, *SKNN_FILES)
+# the first three bases; "sknn" (a session-kNN bundle) and "hyb" (an encoder with a
+# category head, the category index and a session index) came later and are sampled apart
+ORIGINAL_BASES = ("synth", "hand", "str")
 OUTCOMES = ("refused", "wrong_family", "crashed", "hung", "same", "differing", "changed",
             "flagged")
 # fallback reasons with which the runtime reports that the bundle gave unusable values
@@ -236,6 +248,14 @@ class Base:
     files: list[str]
     calls: list[tuple[str, list, dict]] = field(default_factory=list)
     reference: dict[str, Any] | None = None
+    r: int = 5             # the row the value edits change (a session row of every call)
+    n_sessions: int = 0    # of the session index (0: none)
+    n_cats: int = 0        # manifest n_categories (0: no category index)
+
+    @property
+    def extended(self) -> bool:
+        """A base added with the session-kNN and category-index files."""
+        return self.name not in ORIGINAL_BASES
 
 
 def _hand_bundle(out: Path) -> Path:
@@ -266,22 +286,151 @@ def _hand_bundle(out: Path) -> Path:
                   "neighbors": 12})
 
 
-def build_bases(root: Path) -> dict[str, Base]:
+N_CATS_HYB = 9
+CAT_IO = {"inputs": [{"name": "items", "kind": "items"},
+                     {"name": "item_emb", "kind": "item_rows"}],
+          "outputs": [{"name": "query", "kind": "query"},
+                      {"name": "category_scores", "kind": "category_scores"}]}
+CATEGORY_VARIANTS = ("cat_short", "cat_long", "cat_nan", "cat_inf", "cat_f64", "cat_1d",
+                     "cat_missing", "cat_renamed")
+
+
+def category_encoder(d: int, n_cats: int, variant: str = "ok", seed: int = 0) -> bytes:
+    """An ONNX encoder with a category head: items [1, L] int64, item_emb [1, L, d] ->
+    query = tanh((mean + last) @ W) [1, d], category_scores = query @ C [1, n_cats];
+    ``variant`` breaks the category output (width, values, dtype, rank, name, missing)."""
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    width = n_cats + {"cat_short": -1, "cat_long": 1}.get(variant, 0)
+    w = (rng.standard_normal((d, d)) / np.sqrt(2 * d)).astype(np.float32)
+    c = (rng.standard_normal((d, width)) * 3).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(c, "C"),
+             numpy_helper.from_array(np.array(-1, np.int64), "last_index")]
+    nodes = [helper.make_node("ReduceMean", ["item_emb"], ["mean"], axes=[1], keepdims=0),
+             helper.make_node("Gather", ["item_emb", "last_index"], ["last"], axis=1),
+             helper.make_node("Add", ["mean", "last"], ["pooled"]),
+             helper.make_node("MatMul", ["pooled", "W"], ["pre"]),
+             helper.make_node("Tanh", ["pre"], ["query"]),
+             helper.make_node("MatMul", ["query", "C"], ["cs"])]
+    cat_name = "cat_logits" if variant == "cat_renamed" else "category_scores"
+    cat_type, cat_shape = TP.FLOAT, [1, width]
+    if variant in ("cat_nan", "cat_inf"):
+        scale = np.ones(width, np.float32)
+        scale[1] = np.nan if variant == "cat_nan" else np.inf
+        inits.append(numpy_helper.from_array(scale, "scale"))
+        nodes.append(helper.make_node("Mul", ["cs", "scale"], [cat_name]))
+    elif variant == "cat_f64":
+        nodes.append(helper.make_node("Cast", ["cs"], [cat_name], to=TP.DOUBLE))
+        cat_type = TP.DOUBLE
+    elif variant == "cat_1d":
+        inits.append(numpy_helper.from_array(np.array([width], np.int64), "shape1d"))
+        nodes.append(helper.make_node("Reshape", ["cs", "shape1d"], [cat_name]))
+        cat_shape = [width]
+    else:
+        nodes.append(helper.make_node("Identity", ["cs"], [cat_name]))
+    inputs = [helper.make_tensor_value_info("items", TP.INT64, [1, "L"]),
+              helper.make_tensor_value_info("item_emb", TP.FLOAT, [1, "L", d])]
+    outputs = [helper.make_tensor_value_info("query", TP.FLOAT, [1, d])]
+    if variant != "cat_missing":
+        outputs.append(helper.make_tensor_value_info(cat_name, cat_type, cat_shape))
+    graph = helper.make_graph(nodes, "fault_cat_encoder", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="sessrec.fault_injection")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _popularity_of(counts: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    pop = np.argsort(-counts, kind="stable")[:top].astype(np.int32)
+    return pop, (counts[pop] / max(int(counts.sum()), 1)).astype(np.float32)
+
+
+def _sknn_bundle(out: Path) -> Path:
+    """A session-kNN bundle (scorer "sknn"): int ids, item_category (so the category
+    filters reach the kNN kernel), a window and neighbors of its own, a repeat bonus with
+    session items kept by default, and a validation record."""
+    from export_tools.synthetic import synthetic_session_index
+
+    n, n_sessions, sample = 1000, 3000, 120
+    index, counts = synthetic_session_index(n, n_sessions, sample=sample, idf=True, seed=31)
+    rng = np.random.default_rng(32)
+    cats = rng.integers(0, 7, size=n).astype(np.int32)
+    cats[::9] = -1
+    pop, pop_scores = _popularity_of(counts, 700)
+    ids = (rng.choice(10 * n, size=n, replace=False) * 7919 + 3).astype(np.int64)
+    return write_bundle(
+        out, encoder=None, item_matrix=None, neighbors=None, item_ids=ids, popularity=pop,
+        popularity_scores=pop_scores, item_category=cats, session_index=index,
+        sknn={"n_sessions": n_sessions, "sample": sample, "idf": True, "neighbors": 40,
+              "window": 10},
+        model={"kind": "fault-sknn", "config": {}},
+        inference={"max_session_length": 10, "session_filter": "none"},
+        defaults={"k": 10, "neighbors": 40, "candidates": "sessions",
+                  "category_filter": "none", "exclude_session_items": False,
+                  "repeat_bonus": 0.3,
+                  "validation": {"split": "fault", "n_sessions": 10, "metric": "mrr@20"}})
+
+
+def _hybrid_bundle(out: Path) -> Path:
+    """An encoder bundle with a category head (the category -> items index, n_categories,
+    defaults categories / max_candidates) and a session index (candidates "sessions" by
+    default, blended with knn_weight)."""
+    from export_tools.synthetic import synthetic_session_index
+
+    rng = np.random.default_rng(21)
+    n, d, width, n_sessions = 1200, 16, 12, 2500
+    matrix = (rng.standard_normal((n, d)) / np.sqrt(d)).astype(np.float32)
+    sims = matrix @ matrix.T
+    np.fill_diagonal(sims, -np.inf)
+    nbrs = np.argsort(-sims, axis=1, kind="stable")[:, :width].astype(np.int32)
+    cats = rng.integers(0, N_CATS_HYB, size=n).astype(np.int32)
+    cats[::13] = -1
+    index, counts = synthetic_session_index(n, n_sessions, sample=150, idf=True, seed=22)
+    pop, pop_scores = _popularity_of(counts, 800)
+    ids = (rng.choice(10**7, size=n, replace=False) + 1).astype(np.int64)
+    return write_bundle(
+        out, encoder=category_encoder(d, N_CATS_HYB, seed=4), item_matrix=matrix,
+        neighbors=nbrs, item_ids=ids, popularity=pop, popularity_scores=pop_scores,
+        item_category=cats, encoder_io=CAT_IO, n_categories=N_CATS_HYB,
+        session_index=index,
+        sknn={"n_sessions": n_sessions, "sample": 150, "idf": True, "neighbors": 40,
+              "window": 6},
+        model={"kind": "fault-hybrid", "config": {}},
+        inference={"max_session_length": 5, "session_filter": "none"},
+        defaults={"k": 10, "category_filter": "none", "exclude_session_items": True,
+                  "candidates": "sessions", "knn_weight": 0.5, "categories": 3,
+                  "max_candidates": 200, "repeat_bonus": 0.2})
+
+
+BASE_NAMES = (*ORIGINAL_BASES, "sknn", "hyb")
+
+
+def build_bases(root: Path, names: tuple[str, ...] | None = None) -> dict[str, Base]:
     from export_tools.synthetic import build_synthetic_bundle
 
-    paths = {
-        "synth": build_synthetic_bundle(root / "synth", n_items=3000, dim=32, neighbors=20,
-                                        seed=11),
-        "hand": _hand_bundle(root / "hand"),
-        "str": build_synthetic_bundle(root / "str", n_items=2000, dim=24, neighbors=10,
-                                      seed=12, string_ids=True),
+    builders = {
+        "synth": lambda: build_synthetic_bundle(root / "synth", n_items=3000, dim=32,
+                                                neighbors=20, seed=11),
+        "hand": lambda: _hand_bundle(root / "hand"),
+        "str": lambda: build_synthetic_bundle(root / "str", n_items=2000, dim=24,
+                                              neighbors=10, seed=12, string_ids=True),
+        "sknn": lambda: _sknn_bundle(root / "sknn"),
+        "hyb": lambda: _hybrid_bundle(root / "hyb"),
     }
     bases = {}
-    for name, path in paths.items():
+    for name in names or BASE_NAMES:
+        path = builders[name]()
         m = json.loads((path / MANIFEST).read_text())
         files = [MANIFEST, *sorted(m["files"])]
-        base = Base(name, path, m["n_items"], m["dim"], m["input_dim"],
-                    m["neighbors_per_item"], m["id_kind"], files)
+        width = m["neighbors_per_item"] if "neighbors_per_item" in m else m["sknn"]["sample"]
+        base = Base(name, path, m["n_items"], m.get("dim", 0), m.get("input_dim", 0),
+                    width, m["id_kind"], files,
+                    n_sessions=m["sknn"]["n_sessions"] if "sknn" in m else 0,
+                    n_cats=m.get("n_categories", 0))
         base.calls = make_calls(base)
         bases[name] = base
     return bases
@@ -293,6 +442,8 @@ def _py(values) -> list:
 
 def make_calls(base: Base) -> list[tuple[str, list, dict]]:
     """The fixed recommend() calls, built from the intact bundle's arrays."""
+    if base.extended:
+        return make_index_calls(base)
     p = base.path
     ids = np.load(p / ITEM_IDS)
     sorted_ids = np.load(p / ITEM_IDS_SORTED)
@@ -324,6 +475,74 @@ def make_calls(base: Base) -> list[tuple[str, list, dict]]:
         calls += [("cat_last", known, {"category_filter": "last"}),
                   ("cat_session", known, {"category_filter": "session"}),
                   ("cat_none", known, {"category_filter": "none"})]
+    return calls
+
+
+def make_index_calls(base: Base) -> list[tuple[str, list, dict]]:
+    """The calls of the bases with a session index (and category index): sessions of items
+    that training sessions hold, with repeats, rules, both exclude_session_items values, the
+    category filters and, on the hybrid, every candidate policy. Sets ``base.r`` to the
+    first session row (the row the value edits change)."""
+    p = base.path
+    ids = np.load(p / ITEM_IDS)
+    sorted_ids = np.load(p / ITEM_IDS_SORTED)
+    pop = np.load(p / POPULARITY)
+    indptr = np.load(p / SKNN_ITEM_INDPTR)
+    held = np.flatnonzero(np.diff(indptr) >= 3)   # items in at least 3 training sessions
+    rows = [int(held[len(held) // 7]), int(held[len(held) // 3]), int(held[len(held) // 2])]
+    base.r = rows[0]
+    known = _py(ids[rows])
+    s0, s1, slast = _py(sorted_ids[[0, 1, -1]])
+    # the items of the first sessions of the session rows: likely kNN candidates
+    sess_indptr = np.load(p / SKNN_SESSION_INDPTR)
+    sess_items = np.load(p / SKNN_SESSION_ITEMS)
+    item_sessions = np.load(p / SKNN_ITEM_SESSIONS)
+    near: list[int] = []
+    for r in rows:
+        for sess in item_sessions[indptr[r]:indptr[r] + 2]:
+            near += sess_items[sess_indptr[sess]:sess_indptr[sess + 1]].tolist()
+    near = [x for x in dict.fromkeys(near) if x not in rows][:30]
+    allow = _py(ids[near]) + [s0, known[0]]
+    unknown = [-7, int(sorted_ids.max()) + 1]
+    a, b, c = known
+    repeats = [a, b, a, c, b, a]
+    calls = [
+        ("known3", known, {}),
+        ("with_sorted0", [a, b, s0], {}),
+        ("with_sortedlast", [slast, c], {}),
+        ("only_sorted0", [s0], {}),
+        ("exclude_sorted0", known, {"exclude": [s0, s1]}),
+        ("exclude_near", known, {"exclude": allow[:5]}),
+        ("allow", known, {"allow": allow}),
+        ("allow_exclude", known, {"allow": allow, "exclude": [s0, allow[0]]}),
+        ("unknown", unknown, {}),
+        ("unknown_mixed", [unknown[0], a, unknown[1], b], {}),
+        ("empty", [], {}),
+        ("empty_rules", [], {"exclude": [s0] + _py(ids[pop[:3]]),
+                             "allow": [s0, s1] + _py(ids[pop[:20]])}),
+        ("long20", _py(ids[held[:20]]), {"k": 25}),
+        ("repeats", repeats, {}),
+        ("repeats_excl", repeats, {"exclude_session_items": True}),
+        ("repeats_keep", repeats, {"exclude_session_items": False, "repeat_bonus": 1.0}),
+        ("repeats_rules", repeats, {"exclude_session_items": False, "allow": allow,
+                                    "exclude": [b]}),
+        ("keep_seen", known, {"exclude_session_items": False}),
+        ("neighbors5", known, {"neighbors": 5}),
+        ("cat_last", known, {"category_filter": "last"}),
+        ("cat_session", repeats, {"category_filter": "session"}),
+    ]
+    if base.n_cats:  # the hybrid: every candidate policy and the predicted categories
+        calls += [
+            ("cand_neighbors", known, {"candidates": "neighbors"}),
+            ("cand_categories", known, {"candidates": "categories", "categories": 2}),
+            ("cand_categories_cap", repeats, {"candidates": "categories", "max_candidates": 15,
+                                              "exclude_session_items": False}),
+            ("cat_predicted", known, {"category_filter": "predicted", "categories": 1}),
+            ("sessions_noblend", known, {"candidates": "sessions", "knn_weight": 0.0}),
+            ("sessions_keep", repeats, {"candidates": "sessions", "exclude_session_items":
+                                        False, "max_candidates": 30}),
+            ("sessions_allow", known, {"candidates": "sessions", "allow": allow}),
+        ]
     return calls
 
 
@@ -469,7 +688,8 @@ def _symlink(name: str, kind: str, scratch: Path):
 
 SYMLINKS = ("dev_zero", "directory", "huge_zeros", "huge_prefix", "outside_copy",
             "outside_other", "dangling", "loop", "fifo")
-HUGE_FILES = (MANIFEST, ENCODER, ITEM_MATRIX, NEIGHBORS, ITEM_IDS_ORDER)
+HUGE_FILES = (MANIFEST, ENCODER, ITEM_MATRIX, NEIGHBORS, ITEM_IDS_ORDER, SKNN_ITEM_SESSIONS,
+              CATEGORY_INDICES)
 
 
 def generic_cases(base: Base, name: str, scratch: Path) -> Iterator[Case]:
@@ -540,14 +760,27 @@ def generic_cases(base: Base, name: str, scratch: Path) -> Iterator[Case]:
             yield Case(f"{pre}/flip_resigned:{label}", base.name, name, "flip_resigned",
                        _flip(name, lambda p, pos=pos: pos, bit, True),
                        # a re-signed flip of an encoder weight or of a category id can
-                       # give a valid bundle (another model, another category)
-                       legit=(name == ENCODER or (name == ITEM_CATEGORY and "high" in label)))
+                       # give a valid bundle (another model, another category); so can one
+                       # of a session-kNN item weight that stays finite and <= 2**20
+                       legit=(name == ENCODER or (name == ITEM_CATEGORY and "high" in label)
+                              or (name == SKNN_ITEM_WEIGHT and pos >= hdr
+                                  and _weight_flip_valid(path, pos, bit))))
     yield Case(f"{pre}/delete", base.name, name, "delete", _delete(name))
     for kind in SYMLINKS:
         if kind.startswith("huge") and name not in HUGE_FILES:
             continue
         yield Case(f"{pre}/symlink:{kind}", base.name, name, "symlink",
                    _symlink(name, kind, scratch))
+
+
+def _weight_flip_valid(path: Path, pos: int, bit: int) -> bool:
+    """Whether a float32 array still holds only finite values with abs(x) <= 2**20 (what
+    the verified load accepts) after bit ``bit`` of byte ``pos`` is flipped."""
+    data = bytearray(path.read_bytes())
+    data[pos] ^= 1 << bit
+    hdr = npy_header_len(path)
+    arr = np.frombuffer(bytes(data[hdr:]), dtype="<f4")
+    return bool(np.isfinite(arr).all() and (np.abs(arr) <= 2.0**20).all())
 
 
 INT32_MAX, INT32_MIN = 2**31 - 1, -(2**31)
@@ -568,8 +801,10 @@ def _dup01(a, base):
 
 def value_edits(base: Base, name: str) -> dict[str, tuple[Callable, bool]]:
     """Value edits of one array (re-signed, so that checksums pass): name -> (edit, legit)."""
-    n, r = base.n, 5  # row 5 is a session row of every call
+    n, r = base.n, base.r  # a session row of every call (row 5 on the first three bases)
     e: dict[str, tuple[Callable, bool]] = {}
+    if name in SKNN_FILES or name in (CATEGORY_INDPTR, CATEGORY_INDICES):
+        return index_value_edits(base, name)
     if name == ITEM_IDS_ORDER:
         for label, idx, v in (("[0]=2**30", 0, 2**30), ("[0]=-5", 0, -5), ("[0]=n", 0, n),
                               ("[0]=-1", 0, -1), ("[0]=int32max", 0, INT32_MAX),
@@ -632,6 +867,73 @@ def value_edits(base: Base, name: str) -> dict[str, tuple[Callable, bool]]:
         else:
             e["[-1]=zzzz"] = (_set(-1, "zzzz"), False)
             e["wide_dtype"] = (_wide_str, True)
+    return e
+
+
+def _shift(i: int, by: int):
+    """indptr[i] += by: the pointers still rise from 0 to the data's length (a valid CSR),
+    one entry moves from one list to its neighbor."""
+    def edit(a: np.ndarray, base: Base):
+        a[i] += by
+    return edit
+
+
+def index_value_edits(base: Base, name: str) -> dict[str, tuple[Callable, bool]]:
+    """Value edits of the session index and the category index (re-signed). ``legit``: the
+    result is still a well-formed index of the documented shape and ranges that the
+    verified load accepts (another list, another session, another weight); what it says
+    is what the checksum signs, so other answers are "changed", not a failure."""
+    p, r = base.path, base.r
+    e: dict[str, tuple[Callable, bool]] = {}
+    if name in (SKNN_ITEM_INDPTR, SKNN_SESSION_INDPTR, CATEGORY_INDPTR):
+        ptr = np.load(p / name)
+        data_len = int(ptr[-1])
+        if name == SKNN_ITEM_INDPTR:
+            i = r
+        elif name == SKNN_SESSION_INDPTR:
+            items = np.load(p / SKNN_ITEM_SESSIONS)
+            i = int(items[np.load(p / SKNN_ITEM_INDPTR)[r]])  # row r's newest session
+        else:
+            i = int(np.load(p / ITEM_CATEGORY)[r])  # row r's category
+        e["[i+1]=[i]-1 (decreasing)"] = (lambda a, b: a.__setitem__(i + 1, a[i] - 1), False)
+        e["[0]=1"] = (_set(0, 1), False)
+        e["[-1]=len+1"] = (_set(-1, data_len + 1), False)
+        e["[-1]=int64max"] = (_set(-1, INT64_MAX), False)
+        e["[i+1]=int64min"] = (_set(i + 1, INT64_MIN), False)
+        e["[i+1]=len+1000"] = (_set(i + 1, data_len + 1000), False)
+        e["all0"] = (lambda a, b: a.fill(0), False)
+        if ptr[i + 1] - 1 >= ptr[i]:
+            e["[i+1]-=1 (valid)"] = (_shift(i + 1, -1), True)
+        if ptr[i + 1] + 1 <= ptr[i + 2]:
+            e["[i+1]+=1 (valid)"] = (_shift(i + 1, 1), True)
+    elif name in (SKNN_ITEM_SESSIONS, SKNN_SESSION_ITEMS, CATEGORY_INDICES):
+        if name == SKNN_ITEM_SESSIONS:
+            at, hi = int(np.load(p / SKNN_ITEM_INDPTR)[r]), base.n_sessions
+        elif name == SKNN_SESSION_ITEMS:
+            sess = int(np.load(p / SKNN_ITEM_SESSIONS)[np.load(p / SKNN_ITEM_INDPTR)[r]])
+            at, hi = int(np.load(p / SKNN_SESSION_INDPTR)[sess]), base.n
+        else:
+            cat = int(np.load(p / ITEM_CATEGORY)[r])
+            at, hi = int(np.load(p / CATEGORY_INDPTR)[cat]), base.n
+        for label, v in (("hi", hi), ("-1", -1), ("int32max", INT32_MAX),
+                         ("int32min", INT32_MIN), ("hi+7", hi + 7)):
+            e[f"[at]={label}"] = (_set(at, v), False)
+        e["[-1]=hi"] = (_set(-1, hi), False)
+        e["all-1"] = (lambda a, b: a.fill(-1), False)
+        e["[at]=0 (valid)"] = (_set(at, 0), True)
+        e["[at]=hi-1 (valid)"] = (_set(at, hi - 1), True)
+        e["swap_at (valid)"] = (lambda a, b: a.__setitem__([at, at + 1], a[[at + 1, at]]),
+                                True)
+        e["dup_at (valid)"] = (lambda a, b: a.__setitem__(at + 1, a[at]), True)
+    elif name == SKNN_ITEM_WEIGHT:
+        for label, v in (("nan", np.nan), ("inf", np.inf), ("-inf", -np.inf),
+                         ("3e38", 3e38), ("-3e38", -3e38), ("2**21", 2.0**21)):
+            e[f"[r]={label}"] = (_set(r, v), False)
+        e["all_nan"] = (lambda a, b: a.fill(np.nan), False)
+        e["all_3e38"] = (lambda a, b: a.fill(3e38), False)
+        e["[r]=0 (valid)"] = (_set(r, 0.0), True)
+        e["[r]=-1 (valid)"] = (_set(r, -1.0), True)
+        e["[r]=2**20 (valid)"] = (_set(r, 2.0**20), True)
     return e
 
 
@@ -758,6 +1060,8 @@ def manifest_legit(orig: dict, new: Any, base: Base) -> bool:
     only the tunable keys (defaults, inference) changed, each to a documented legal value."""
     if not isinstance(new, dict):
         return False
+    if base.extended:
+        return _index_manifest_legit(orig, new, base)
     tun_d = ("k", "neighbors", "category_filter", "exclude_session_items")
     tun_i = ("max_session_length", "session_filter")
     a = {k: v for k, v in orig.items() if k not in ("defaults", "inference")}
@@ -786,11 +1090,192 @@ def manifest_legit(orig: dict, new: Any, base: Base) -> bool:
             and i["session_filter"] in (("none", "last_category") if cats else ("none",)))
 
 
+def _number(v: Any, lo: float, hi: float) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and lo <= v <= hi)
+
+
+def _index_manifest_legit(orig: dict, new: dict, base: Base) -> bool:
+    """manifest_legit of the "sknn" and "hyb" bases: besides defaults and inference, the
+    sknn entry's neighbors, window and sample are tunable; the optional defaults
+    (repeat_bonus, knn_weight, validation) may be absent."""
+    tun_d = ("k", "neighbors", "category_filter", "exclude_session_items", "candidates",
+             "repeat_bonus", "knn_weight", "categories", "max_candidates", "validation")
+    optional_d = ("repeat_bonus", "knn_weight", "validation")
+    tun_i = ("max_session_length", "session_filter")
+    skip = ("defaults", "inference", "sknn")
+    if {k: v for k, v in orig.items() if k not in skip} != {
+            k: v for k, v in new.items() if k not in skip}:
+        return False
+    d, i, kn = new.get("defaults"), new.get("inference"), new.get("sknn")
+    if not (isinstance(d, dict) and isinstance(i, dict) and isinstance(kn, dict)):
+        return False
+    od, oi, okn = orig["defaults"], orig["inference"], orig["sknn"]
+    if set(d) - set(od) or set(od) - set(d) - set(optional_d) or set(i) != set(oi):
+        return False
+    if set(kn) - set(okn) or set(okn) - set(kn) - {"neighbors", "window"}:
+        return False
+    if any(kn[k] != okn[k] for k in ("n_sessions", "idf")):
+        return False
+    if any(d[k] != od[k] for k in od if k not in tun_d and k in d):
+        return False
+    if any(i[k] != oi[k] for k in oi if k not in tun_i):
+        return False
+
+    def is_int(v, lo=1, hi=None):
+        return (isinstance(v, int) and not isinstance(v, bool) and v >= lo
+                and (hi is None or v <= hi))
+
+    knn_only = new.get("scorer") == "sknn"
+    cats = bool(new.get("has_categories"))
+    head = bool(base.n_cats)
+    filters = ("none", "last", "session") if cats else ("none",)
+    policies = ("sessions",) if knn_only else ("neighbors", "sessions", "categories")
+    ok = (is_int(d["k"]) and is_int(kn["sample"]) and is_int(kn.get("neighbors", 1))
+          and is_int(kn.get("window", 1))
+          and is_int(d["neighbors"], 1, kn["sample"] if knn_only else base.width)
+          and d["category_filter"] in filters + (("predicted",) if head else ())
+          and isinstance(d["exclude_session_items"], bool)
+          and d["candidates"] in policies
+          and _number(d.get("repeat_bonus", 0.0), -1e6, 1e6)
+          and _number(d.get("knn_weight", 0.0), 0, 1e6)
+          and is_int(i["max_session_length"])
+          and i["session_filter"] in (("none", "last_category") if cats else ("none",)))
+    if ok and head:
+        ok = is_int(d.get("categories"), 1, base.n_cats) and is_int(d.get("max_candidates"))
+    return ok
+
+
+INDEX_KEYS = {
+    "sknn": ("format_version", "scorer", "model", "n_items", "id_kind", "has_categories",
+             "sknn", "sknn.n_sessions", "sknn.sample", "sknn.idf", "sknn.neighbors",
+             "sknn.window", "inference", "inference.max_session_length",
+             "inference.session_filter", "defaults", "defaults.k", "defaults.neighbors",
+             "defaults.candidates", "defaults.category_filter",
+             "defaults.exclude_session_items", "defaults.repeat_bonus", "defaults.validation",
+             "files", "dim", "encoder"),
+    "hyb": ("format_version", "scorer", "n_items", "dim", "input_dim", "neighbors_per_item",
+            "n_categories", "has_categories", "encoder", "encoder.outputs", "sknn",
+            "sknn.n_sessions", "sknn.sample", "sknn.neighbors", "sknn.window", "inference",
+            "inference.max_session_length", "defaults", "defaults.k", "defaults.neighbors",
+            "defaults.candidates", "defaults.knn_weight", "defaults.categories",
+            "defaults.max_candidates", "defaults.repeat_bonus", "defaults.category_filter",
+            "files"),
+}
+# labels of the generic manifest edits that only apply to encoder bundles
+ENCODER_ONLY_EDITS = ("dim=", "input_dim=", "neighbors_per_item=", "item_dtype=",
+                      "score_transform=", "encoder.output=", "files.item_matrix.",
+                      "files.neighbors", "defaults.neighbors=K+1")
+
+
+def index_manifest_specials(base: Base) -> dict[str, Callable[[dict, Base], Any]]:
+    """Manifest edits of the session index and the category index entries."""
+    ns = base.n_sessions
+    sp: dict[str, Callable[[dict, Base], Any]] = {
+        "sknn.n_sessions=N-1": lambda m, b: m["sknn"].update(n_sessions=ns - 1),
+        "sknn.n_sessions=N+1": lambda m, b: m["sknn"].update(n_sessions=ns + 1),
+        "sknn.n_sessions=2**31": lambda m, b: m["sknn"].update(n_sessions=2**31),
+        "sknn.sample=1": lambda m, b: m["sknn"].update(sample=1),
+        "sknn.sample=10**9": lambda m, b: m["sknn"].update(sample=10**9),
+        "sknn.neighbors=10**9": lambda m, b: m["sknn"].update(neighbors=10**9),
+        "sknn.window=10**9": lambda m, b: m["sknn"].update(window=10**9),
+        "sknn.window=1": lambda m, b: m["sknn"].update(window=1),
+        "sknn=list": lambda m, b: m.update(sknn=[ns, 1]),
+        "sknn.extra_key": lambda m, b: m["sknn"].update(extra=1),
+        "defaults.repeat_bonus=1e7": lambda m, b: m["defaults"].update(repeat_bonus=1e7),
+        "defaults.repeat_bonus=-2.5": lambda m, b: m["defaults"].update(repeat_bonus=-2.5),
+        "defaults.repeat_bonus=nan": lambda m, b: m["defaults"].update(
+            repeat_bonus=float("nan")),
+        "defaults.repeat_bonus=true": lambda m, b: m["defaults"].update(repeat_bonus=True),
+        "defaults.exclude_session_items=flipped": lambda m, b: m["defaults"].update(
+            exclude_session_items=not m["defaults"]["exclude_session_items"]),
+        "defaults.k=10**30": lambda m, b: m["defaults"].update(k=10**30),
+        "defaults.k=2**31": lambda m, b: m["defaults"].update(k=2**31),
+        "files.sknn_item_weight=missing": lambda m, b: m["files"].pop(SKNN_ITEM_WEIGHT),
+        "files.sknn_session_items=missing": lambda m, b: m["files"].pop(SKNN_SESSION_ITEMS),
+        "files.sknn_item_sessions.bytes=2**62": lambda m, b: m["files"][
+            SKNN_ITEM_SESSIONS].update(bytes=2**62),
+        "files.sknn_item_indptr.sha256=int": lambda m, b: m["files"][
+            SKNN_ITEM_INDPTR].update(sha256=5),
+        "files.extra=item_matrix.npy": lambda m, b: m["files"].update(
+            {ITEM_MATRIX: {"sha256": "0" * 64, "bytes": 1}}),
+        "files.extra=category_items_indptr.npy": lambda m, b: m["files"].update(
+            {CATEGORY_INDPTR: {"sha256": "0" * 64, "bytes": 1}}),
+        "sknn+files=dropped": lambda m, b: [m.pop("sknn")] + [
+            m["files"].pop(f) for f in SKNN_FILES],
+    }
+    if base.n_cats:  # the hybrid
+        c = base.n_cats
+        sp.update({
+            "scorer=sknn": lambda m, b: m.update(scorer="sknn"),
+            "defaults.candidates=neighbors": lambda m, b: m["defaults"].update(
+                candidates="neighbors"),
+            "defaults.candidates=categories": lambda m, b: m["defaults"].update(
+                candidates="categories"),
+            "defaults.category_filter=predicted": lambda m, b: m["defaults"].update(
+                category_filter="predicted"),
+            "defaults.knn_weight=0": lambda m, b: m["defaults"].update(knn_weight=0),
+            "defaults.knn_weight=-1": lambda m, b: m["defaults"].update(knn_weight=-1),
+            "defaults.knn_weight=1e7": lambda m, b: m["defaults"].update(knn_weight=1e7),
+            "defaults.categories=C": lambda m, b: m["defaults"].update(categories=c),
+            "defaults.categories=C+1": lambda m, b: m["defaults"].update(categories=c + 1),
+            "defaults.max_candidates=1": lambda m, b: m["defaults"].update(max_candidates=1),
+            "defaults.max_candidates=10**12": lambda m, b: m["defaults"].update(
+                max_candidates=10**12),
+            "n_categories=C-1": lambda m, b: m.update(n_categories=c - 1),
+            "n_categories=C+1": lambda m, b: m.update(n_categories=c + 1),
+            "n_categories=missing": lambda m, b: m.pop("n_categories"),
+            "files.category_items_indptr=missing": lambda m, b: m["files"].pop(
+                CATEGORY_INDPTR),
+            "files.category_items_indices=missing": lambda m, b: m["files"].pop(
+                CATEGORY_INDICES),
+            "files.category_index=missing": lambda m, b: [m["files"].pop(CATEGORY_INDPTR),
+                                                          m["files"].pop(CATEGORY_INDICES)],
+            "sknn+files=dropped,candidates=neighbors": lambda m, b: [
+                m.pop("sknn"), m["defaults"].update(candidates="neighbors")] + [
+                m["files"].pop(f) for f in SKNN_FILES],
+            "encoder.outputs=category_kind_extra": lambda m, b: m["encoder"].update(
+                outputs=[{"name": "query", "kind": "query"},
+                         {"name": "category_scores", "kind": "extra"}]),
+            "encoder.outputs=names_swapped": lambda m, b: m["encoder"].update(
+                outputs=[{"name": "category_scores", "kind": "query"},
+                         {"name": "query", "kind": "category_scores"}]),
+        })
+    else:  # the session-kNN bundle
+        sp.update({
+            "scorer=encoder": lambda m, b: m.update(scorer="encoder"),
+            "scorer=knn": lambda m, b: m.update(scorer="knn"),
+            "format_version=1": lambda m, b: m.update(format_version=1),
+            "defaults.candidates=neighbors": lambda m, b: m["defaults"].update(
+                candidates="neighbors"),
+            "defaults.neighbors=sample": lambda m, b: m["defaults"].update(
+                neighbors=m["sknn"]["sample"]),
+            "defaults.neighbors=sample+1": lambda m, b: m["defaults"].update(
+                neighbors=m["sknn"]["sample"] + 1),
+            "defaults.category_filter=predicted": lambda m, b: m["defaults"].update(
+                category_filter="predicted"),
+            "defaults.category_filter=session": lambda m, b: m["defaults"].update(
+                category_filter="session"),
+            "inference.session_filter=last_category": lambda m, b: m["inference"].update(
+                session_filter="last_category"),
+            "sknn.sample=neighbors-1": lambda m, b: m["sknn"].update(
+                sample=m["defaults"]["neighbors"] - 1),
+            "add_encoder_entry": lambda m, b: m.update(
+                encoder={"inputs": [{"name": "items", "kind": "items"}],
+                         "outputs": [{"name": "query", "kind": "query"}]}),
+        })
+    return sp
+
+
 def manifest_cases(base: Base, scratch: Path) -> Iterator[Case]:
     pre = f"{base.name}/{MANIFEST}"
     orig = read_manifest(base.path)
     keys, values = MANIFEST_KEYS, MANIFEST_VALUES
-    if base.name != "synth":  # the whole grid on one base, a cross-section on the others
+    if base.extended:
+        keys = INDEX_KEYS[base.name]
+        values = {k: v for k, v in MANIFEST_VALUES.items()
+                  if k in ("missing", "null", "str", "neg", "zero", "huge", "dict")}
+    elif base.name != "synth":  # the whole grid on one base, a cross-section on the others
         pick = ("missing", "null", "str", "neg", "huge", "dict")
         values = {k: v for k, v in MANIFEST_VALUES.items() if k in pick[:6 if base.name ==
                                                                       "hand" else 4]}
@@ -863,6 +1348,11 @@ def manifest_cases(base: Base, scratch: Path) -> Iterator[Case]:
     }
     if base.id_kind == "int" and (base.path / ITEM_CATEGORY).exists():
         specials["files.item_category=missing"] = lambda m, b: m["files"].pop(ITEM_CATEGORY)
+    if base.extended:
+        if ENCODER not in base.files:
+            specials = {k: v for k, v in specials.items()
+                        if not any(k.startswith(p) for p in ENCODER_ONLY_EDITS)}
+        specials.update(index_manifest_specials(base))
     for label, fn in specials.items():
         new = copy.deepcopy(orig)
         out = fn(new, base)
@@ -892,7 +1382,9 @@ def manifest_cases(base: Base, scratch: Path) -> Iterator[Case]:
 
 def encoder_cases(base: Base) -> Iterator[Case]:
     pre = f"{base.name}/{ENCODER}"
-    for v in ENCODER_VARIANTS:
+    # the hybrid's encoder takes the same inputs as the first three bases' encoders: only
+    # its category head is new
+    for v in ENCODER_VARIANTS if not base.extended else ():
         yield Case(f"{pre}/replace:{v}", base.name, ENCODER, "encoder",
                    _replace_bytes(ENCODER, lambda b, v=v: encoder_model(
                        b.input_dim, b.dim, v, seed=5), True),
@@ -905,6 +1397,20 @@ def encoder_cases(base: Base) -> Iterator[Case]:
                    _replace_bytes(ENCODER, make, True))
     yield Case(f"{pre}/replace_stale:not_onnx", base.name, ENCODER, "encoder",
                _replace_bytes(ENCODER, b"not an onnx model", False))
+    if base.n_cats:  # the category head: its output broken, the query output intact
+        for v in CATEGORY_VARIANTS:
+            yield Case(f"{pre}/replace:{v}", base.name, ENCODER, "encoder",
+                       _replace_bytes(ENCODER, lambda b, v=v: category_encoder(
+                           b.dim, b.n_cats, v, seed=4), True))
+        yield Case(f"{pre}/replace:cat_other_weights", base.name, ENCODER, "encoder",
+                   _replace_bytes(ENCODER, lambda b: category_encoder(
+                       b.dim, b.n_cats, "ok", seed=9), True), legit=True)
+
+
+# the files damaged on the "sknn" and "hyb" bases (plus item_category.npy of the sknn one,
+# which the kNN kernel's category filters read): the item ids, popularity, item matrix and
+# neighbor files go through the same checks as on the first three bases
+INDEX_BASE_FILES = (MANIFEST, ENCODER, *SKNN_FILES, CATEGORY_INDPTR, CATEGORY_INDICES)
 
 
 def all_cases(bases: dict[str, Base], scratch: Path) -> list[Case]:
@@ -913,11 +1419,15 @@ def all_cases(bases: dict[str, Base], scratch: Path) -> list[Case]:
         cases.append(Case(f"{base.name}/intact", base.name, "-", "intact",
                           lambda b, base: None))
         for name in base.files:
+            if base.extended and name not in INDEX_BASE_FILES and not (
+                    name == ITEM_CATEGORY and ENCODER not in base.files):
+                continue  # covered on the first three bases, through the same code
             cases.extend(generic_cases(base, name, scratch))
             if name.endswith(".npy"):
                 cases.extend(array_cases(base, name))
         cases.extend(manifest_cases(base, scratch))
-        cases.extend(encoder_cases(base))
+        if ENCODER in base.files:
+            cases.extend(encoder_cases(base))
     ids = [c.id for c in cases]
     dup = [k for k, v in Counter(ids).items() if v > 1]
     assert not dup, f"duplicate case ids: {dup[:5]}"
@@ -1308,7 +1818,54 @@ def _commit() -> str:
         return "?"
 
 
+# of the "sknn" and "hyb" bases: always in the sample
+INDEX_MUST = ("sknn/intact", "hyb/intact", "sknn/sknn_item_sessions.npy/value:[at]=hi",
+              "sknn/sknn_session_items.npy/value:[at]=int32min",
+              "sknn/sknn_item_sessions_indptr.npy/value:[i+1]=len+1000",
+              "sknn/sknn_item_weight.npy/value:[r]=nan",
+              "hyb/sknn_session_items_indptr.npy/value:[i+1]=[i]-1 (decreasing)",
+              "hyb/category_items_indices.npy/value:[at]=hi")
+
+
+def _h(c: Case) -> str:
+    return hashlib.sha256(c.id.encode()).hexdigest()
+
+
 def select_sample(cases: list[Case], n: int) -> list[Case]:
+    """A deterministic sample: about ``n`` cases of the first three bases
+    (:func:`_select_original`, the sample as it was before the session-index bases) plus
+    about ``n // 10`` of the "sknn" and "hyb" bases (:func:`_select_index`)."""
+    old = [c for c in cases if c.base in ORIGINAL_BASES]
+    new = [c for c in cases if c.base not in ORIGINAL_BASES]
+    chosen = {c.id for c in _select_original(old, n)} if old else set()
+    if new:
+        chosen |= {c.id for c in _select_index(new, max(16, n // 10))}
+    return [c for c in cases if c.id in chosen]
+
+
+def _select_index(cases: list[Case], n: int) -> list[Case]:
+    """INDEX_MUST, then one case of every (base, file) of the index files (the manifests
+    last), then by hash."""
+    chosen = {c.id: c for c in cases if c.id in INDEX_MUST}
+    index_files = (*SKNN_FILES, CATEGORY_INDPTR, CATEGORY_INDICES, MANIFEST)
+    by_file: dict[tuple, list[Case]] = defaultdict(list)
+    for c in cases:
+        if c.file in index_files:
+            by_file[(c.base, c.file)].append(c)
+    for group in sorted(by_file, key=lambda g: (g[1] == MANIFEST, g)):
+        if len(chosen) >= n:
+            break
+        if not any(c.base == group[0] and c.file == group[1] for c in chosen.values()):
+            first = min(by_file[group], key=_h)
+            chosen[first.id] = first
+    for c in sorted(cases, key=_h):
+        if len(chosen) >= n:
+            break
+        chosen.setdefault(c.id, c)
+    return list(chosen.values())
+
+
+def _select_original(cases: list[Case], n: int) -> list[Case]:
     """A deterministic sample of about ``n`` cases: every family of every file of every
     base at least once where possible, the known crash classes always, then by hash."""
     must = [c for c in cases if any(s in c.id for s in (
@@ -1340,12 +1897,13 @@ def select_sample(cases: list[Case], n: int) -> list[Case]:
 
 
 def run_matrix(*, sample: int | None, jobs: int = 2, timeout: float = 10.0,
-               progress: bool = False, keep: Path | None = None, match: str | None = None
+               progress: bool = False, keep: Path | None = None, match: str | None = None,
+               base_names: tuple[str, ...] | None = None
                ) -> tuple[list[dict], dict, dict]:
     t0 = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="sessrec-faults-", dir=keep))
     try:
-        bases = build_bases(root / "bases")
+        bases = build_bases(root / "bases", base_names)
         runner = Runner(root, jobs, timeout, progress)
         cases = all_cases(bases, runner.scratch)
         if match:
@@ -1371,6 +1929,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--sample", type=int, help="a deterministic sample of about N cases")
     g.add_argument("--list", action="store_true", help="print the case ids and exit")
     ap.add_argument("--match", help="only cases whose id contains this string")
+    ap.add_argument("--bases", help="comma-separated base bundles to build and run (default "
+                    f"all: {','.join(BASE_NAMES)})")
     ap.add_argument("--jobs", type=int, default=2, help="children at once (default 2)")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds before 'hung'")
     ap.add_argument("--json", type=Path, help="write the report (every non-passing run)")
@@ -1378,10 +1938,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-runs", action="store_true", help="JSON: every run, not only "
                     "non-passing ones")
     args = ap.parse_args(argv)
+    base_names = None
+    if args.bases:
+        base_names = tuple(b.strip() for b in args.bases.split(",") if b.strip())
+        unknown = [b for b in base_names if b not in BASE_NAMES]
+        if unknown:
+            ap.error(f"unknown bases {unknown}; choose from {BASE_NAMES}")
     if args.list:
         root = Path(tempfile.mkdtemp(prefix="sessrec-faults-"))
         try:
-            bases = build_bases(root / "bases")
+            bases = build_bases(root / "bases", base_names)
             for c in all_cases(bases, root):
                 print(c.id)
         finally:
@@ -1389,7 +1955,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results, summary, meta = run_matrix(sample=None if args.full else args.sample,
                                         jobs=args.jobs, timeout=args.timeout,
-                                        progress=True, match=args.match)
+                                        progress=True, match=args.match,
+                                        base_names=base_names)
     print(table(summary))
     bad = [r for r in results if failing(r)]
     print(f"\n{meta['n_cases']} cases x {len(MODES)} modes in {meta['seconds']:.0f} s; "

@@ -1,8 +1,10 @@
 """The bounded run of the fault-injection matrix (tests/fault_injection.py).
 
-About 150 cases of the full matrix (deterministic: every file x mutation family of every
-base bundle once, plus the known crash classes), each run in a forked child under
-verify=None and verify=False. The full matrix is one command:
+About 150 cases of the full matrix on the first three base bundles (deterministic: every
+file x mutation family of every base bundle once, plus the known crash classes) and about
+16 on the session-kNN and hybrid bases (every session-index and category-index file at
+least once, plus known cases), each run in a forked child under verify=None and
+verify=False. The full matrix is one command:
 
     .venv/bin/python -m tests.fault_injection --full
 
@@ -32,6 +34,13 @@ def _show(runs):
 def test_sample_covers_every_file_and_both_modes(matrix):
     files = {r["file"] for r in matrix}
     assert set(fi.ALL_FILES) <= files
+    # the session-kNN and hybrid bases: their intact bundles and damaged index files
+    cases = {r["case"] for r in matrix}
+    assert {"sknn/intact", "hyb/intact"} <= cases
+    for base, names in (("sknn", fi.SKNN_FILES),
+                        ("hyb", (*fi.SKNN_FILES, fi.CATEGORY_INDPTR, fi.CATEGORY_INDICES))):
+        for name in names:
+            assert any(c.startswith(f"{base}/{name}/") for c in cases), (base, name)
     assert {r["mode"] for r in matrix} == {"verify=None", "verify=False"}
     assert not [r for r in matrix if r["outcome"] == "harness_error"], _show(
         [r for r in matrix if r["outcome"] == "harness_error"])
