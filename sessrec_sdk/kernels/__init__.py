@@ -8,9 +8,17 @@ from __future__ import annotations
 import numpy as np
 
 from . import reference
-from .common import LANES, CatalogArrays, KernelQuery, NeighborRangeError, RowRangeError, Scratch
-
-BACKENDS = ("auto", "c", "numba", "numpy")
+from .common import (
+    BACKENDS,
+    LANES,
+    CatalogArrays,
+    KernelQuery,
+    NeighborRangeError,
+    RowRangeError,
+    Scratch,
+    backend_class,
+    importable_backends,
+)
 
 __all__ = ["BACKENDS", "LANES", "CatalogArrays", "KernelQuery", "NeighborRangeError",
            "RowRangeError", "Scratch", "make_kernel", "available_backends"]
@@ -39,36 +47,12 @@ def _load(name: str):
 
 def available_backends() -> list[str]:
     """The backends that import on this machine, fastest first."""
-    names = []
-    for name in ("c", "numba", "numpy"):
-        try:
-            _load(name)
-        except ImportError:
-            continue
-        names.append(name)
-    return names
+    return importable_backends(_load)
 
 
 def make_kernel(cat: CatalogArrays, backend: str = "auto"):
     """A kernel object with ``top_k(KernelQuery, Scratch)`` and a ``name``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend != "auto":
-        try:
-            cls = _load(backend)
-        except ImportError as exc:
-            hint = ("the C extension was not built (reinstall with a C compiler)"
-                    if backend == "c" else "install the extra: pip install 'sessrec[numba]'")
-            raise ImportError(f"kernel backend {backend!r} is unavailable: {hint}") from exc
-        kernel = cls(cat)
-    else:
-        for name in ("c", "numba", "numpy"):
-            try:
-                cls = _load(name)
-            except ImportError:
-                continue
-            kernel = cls(cat)
-            break
+    kernel = backend_class(_load, backend)(cat)
     if hasattr(kernel, "warm_up"):
         kernel.warm_up()
     return kernel

@@ -1,12 +1,47 @@
 """What every kernel backend takes and gives: the catalog arrays, one query, scratch."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
 LANES = 16  # accumulation lanes of a dot product; must equal SR_LANES in csrc/
+BACKENDS = ("auto", "c", "numba", "numpy")
+_FASTEST_FIRST = ("c", "numba", "numpy")
+
+
+def importable_backends(load: Callable[[str], type]) -> list[str]:
+    """The backends whose class ``load(name)`` imports on this machine, fastest first."""
+    names = []
+    for name in _FASTEST_FIRST:
+        try:
+            load(name)
+        except ImportError:
+            continue
+        names.append(name)
+    return names
+
+
+def backend_class(load: Callable[[str], type], backend: str) -> type:
+    """The kernel class of ``backend``: "auto" = C, else Numba, else numpy; a named backend
+    that does not import raises ImportError saying how to get it."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":  # the first that imports (Numba is not imported if C is there)
+        for name in _FASTEST_FIRST[:-1]:
+            try:
+                return load(name)
+            except ImportError:
+                continue
+        return load(_FASTEST_FIRST[-1])
+    try:
+        return load(backend)
+    except ImportError as exc:
+        hint = ("the C extension was not built (reinstall with a C compiler)"
+                if backend == "c" else "install the extra: pip install 'sessrec[numba]'")
+        raise ImportError(f"kernel backend {backend!r} is unavailable: {hint}") from exc
 
 
 class NeighborRangeError(Exception):

@@ -35,9 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .common import RowRangeError
-
-BACKENDS = ("auto", "c", "numba", "numpy")
+from .common import BACKENDS, RowRangeError, backend_class, importable_backends
 
 # the arrays IndexRangeError can name, by their code in the C and Numba kernels
 INDEX_ARRAYS = ("item_indptr", "item_sessions", "session_indptr", "session_items")
@@ -340,37 +338,13 @@ def _load(name: str):
 
 def available_sknn_backends() -> list[str]:
     """The session-kNN backends that import on this machine, fastest first."""
-    names = []
-    for name in ("c", "numba", "numpy"):
-        try:
-            _load(name)
-        except ImportError:
-            continue
-        names.append(name)
-    return names
+    return importable_backends(_load)
 
 
 def make_sknn_kernel(index: SknnIndex, backend: str = "auto"):
     """A kernel object with ``top_k(SknnQuery, SknnScratch)`` and a ``name``: "auto" picks
     C, then Numba, then numpy (as ``sessrec_sdk.kernels.make_kernel``)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend != "auto":
-        try:
-            cls = _load(backend)
-        except ImportError as exc:
-            hint = ("the C extension was not built (reinstall with a C compiler)"
-                    if backend == "c" else "install the extra: pip install 'sessrec[numba]'")
-            raise ImportError(f"kernel backend {backend!r} is unavailable: {hint}") from exc
-        kernel = cls(index)
-    else:
-        for name in ("c", "numba", "numpy"):
-            try:
-                cls = _load(name)
-            except ImportError:
-                continue
-            kernel = cls(index)
-            break
+    kernel = backend_class(_load, backend)(index)
     if hasattr(kernel, "warm_up"):
         kernel.warm_up()
     return kernel
