@@ -2,18 +2,18 @@
 repeat-aware baselines, on a slice of the bundled Retailrocket data (no items file)."""
 from __future__ import annotations
 
-import gzip
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_export_evaluate import _slice_csv  # tests/ is on sys.path under pytest
 
 from export_tools import data as D
 from export_tools.evaluate import RepeatBaseline, TransitionBaseline, VsknnBaseline, evaluate
 from export_tools.export import export_bundle
-from export_tools.models.sknn import KnnRecommender, build_index, load_sknn, train_sknn
+from export_tools.models.sknn import KnnRecommender, build_index, load_sknn
 from export_tools.train import load_training_data
 from export_tools.train import main as train_main
 from sessrec_sdk import Recommender
@@ -58,24 +58,10 @@ def test_knn_recommender_counts_neighbors_and_repeats():
 # ------------------------------------------------------------------ training and export
 
 
-def _slice(src: Path, dst: Path, n_sessions: int) -> None:
-    with gzip.open(src, "rt") as f:
-        lines = f.read().splitlines()
-    keep: set[str] = set()
-    out = [lines[0]]
-    for line in lines[1:]:
-        sid = line.split(",", 1)[0]
-        if sid not in keep and len(keep) >= n_sessions:
-            break
-        keep.add(sid)
-        out.append(line)
-    dst.write_text("\n".join(out) + "\n")
-
-
 @pytest.fixture(scope="module")
 def knn_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("sknn")
-    _slice(RR / "train.csv.gz", root / "train.csv", 6000)
+    _slice_csv(RR / "train.csv.gz", root / "train.csv", 6000)
     code = train_main(["--model", "sknn", "--preset", "fast", "--train",
                        str(root / "train.csv"), "--keep-repeats", "--out", str(root / "ckpt")])
     assert code == 0
@@ -189,7 +175,7 @@ def test_repeat_baseline_hand_example():
 
 def test_evaluate_an_sknn_bundle_beats_popularity(knn_run):
     root, bundle, _ = knn_run
-    _slice(RR / "test.csv.gz", root / "test.csv", 300)
+    _slice_csv(RR / "test.csv.gz", root / "test.csv", 300)
     result = evaluate(bundle, root / "test.csv", train_csv=root / "train.csv",
                       protocols=("last",), latency_sessions=20, progress=False,
                       log=lambda _: None)
