@@ -109,6 +109,8 @@ CATEGORY_DEFAULT_KEYS = ("categories", "max_candidates")
 
 # Bundles up to this size are fully verified (sha256, id ranges) at load unless told not to.
 AUTO_VERIFY_MAX_BYTES = 256 * 2**20
+# Counts a call hands to a kernel (sample, neighbor sessions, window, candidates) are int32.
+INT32_MAX = 2**31 - 1
 # A manifest is a few KB; anything larger than this is refused before it is read.
 MAX_MANIFEST_BYTES = 16 * 2**20
 # Verified bundles hold vectors, biases and popularity shares of at most this magnitude:
@@ -281,10 +283,6 @@ def _check_values(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> No
         in_range(SKNN_ITEM_SESSIONS, arrays[SKNN_ITEM_SESSIONS], 0,
                  manifest["sknn"]["n_sessions"])
         in_range(SKNN_SESSION_ITEMS, arrays[SKNN_SESSION_ITEMS], 0, n)
-        w = arrays[SKNN_ITEM_WEIGHT]
-        if not (np.abs(w) <= MAX_ABS_VALUE).all():
-            raise CorruptFileError(f"{SKNN_ITEM_WEIGHT}: holds NaN, infinite or out-of-range "
-                                   f"values (|x| > {MAX_ABS_VALUE:g})")
     pop = arrays[POPULARITY]
     if np.unique(pop).size != pop.size:
         raise CorruptFileError(f"{POPULARITY}: lists an item more than once")
@@ -371,11 +369,19 @@ def _check_manifest(manifest: Any, path: Path) -> None:
     if "sknn" in manifest:
         info = manifest["sknn"]
         if not (isinstance(info, dict) and all(
-                _is_int(info.get(key)) and info[key] >= 1 for key in ("n_sessions", "sample"))
-                and all(_is_int(info.get(key, 1)) and info.get(key, 1) >= 1
+                _is_int(info.get(key)) and 1 <= info[key] <= INT32_MAX
+                for key in ("n_sessions", "sample"))
+                and all(_is_int(info.get(key, 1)) and 1 <= info.get(key, 1) <= INT32_MAX
                         for key in ("neighbors", "window"))):
             raise CorruptFileError(f"{where}: sknn must be an object with ints n_sessions, "
-                                   "sample (and optional neighbors, window) >= 1")
+                                   f"sample (and optional neighbors, window) in [1, {INT32_MAX}]")
+    if kind == "sknn":  # a session-kNN bundle has nothing of an encoder bundle
+        stray = [k for k in ("encoder", "dim", "input_dim", "neighbors_per_item")
+                 if k in manifest]
+        stray += [f for f in ENCODER_FILES if f in manifest.get("files", {})]
+        if stray:
+            raise CorruptFileError(f"{where}: scorer 'sknn' but the manifest has encoder-bundle "
+                                   f"entries {stray} (damaged manifest?)")
     for key in sizes:
         if not _is_int(manifest[key]) or manifest[key] < 1:
             raise CorruptFileError(f"{where}: {key} must be an int >= 1, "
@@ -393,6 +399,10 @@ def _check_manifest(manifest: Any, path: Path) -> None:
         raise CorruptFileError(f"{where}: n_categories must be an int >= 1")
     if CATEGORY_INDPTR in manifest["files"] and "n_categories" not in manifest:
         raise CorruptFileError(f"{where}: a category index needs n_categories")
+    if CATEGORY_INDPTR in manifest["files"] and not (kind == "encoder" and version >= 2 and any(
+            e["kind"] == "category_scores" for e in manifest["encoder"]["outputs"])):
+        raise CorruptFileError(f"{where}: a category index needs an encoder output of kind "
+                               "category_scores (damaged manifest?)")
     for name, info in manifest["files"].items():
         if name not in REQUIRED_FILES + OPTIONAL_FILES:  # also keeps paths inside the bundle
             raise CorruptFileError(f"{where}: files lists {name!r}, which is not a bundle "
@@ -471,13 +481,15 @@ def _check_defaults(d: Any, manifest: dict[str, Any], where: Path) -> None:
         raise CorruptFileError(f"{where}: defaults.knn_weight must be a finite number in "
                                f"[0, 1e6], got {weight!r}")
     n_cats = manifest.get("n_categories", 0)
-    for key in CATEGORY_DEFAULT_KEYS if head else ():
+    # required with a category head; max_candidates also caps the "sessions" policy
+    keys = CATEGORY_DEFAULT_KEYS if head else ("max_candidates",) * ("max_candidates" in d)
+    for key in keys:
         v = d.get(key)
-        top = n_cats if key == "categories" else None
-        if not (_is_int(v) and v >= 1 and (top is None or v <= top)):
-            raise CorruptFileError(f"{where}: defaults.{key} must be an int >= 1"
-                                   + (f" and <= n_categories={top}" if top else "")
-                                   + f", got {v!r}")
+        top = n_cats if key == "categories" else INT32_MAX
+        if not (_is_int(v) and 1 <= v <= top):
+            name = f"n_categories={top}" if key == "categories" else str(top)
+            raise CorruptFileError(f"{where}: defaults.{key} must be an int in [1, {name}], "
+                                   f"got {v!r}")
 
 
 def sha256_of(path: Path) -> str:
@@ -584,6 +596,11 @@ def _check_rows(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None
     kernels and to ``take``: checked on every load (O(n_items) on int32 arrays), so an
     unverified bundle cannot make a call index outside the catalog."""
     n = manifest["n_items"]
+    if SKNN_ITEM_WEIGHT in arrays:  # O(n_items) floats: scores stay finite and comparable
+        w = arrays[SKNN_ITEM_WEIGHT]
+        if not (np.abs(w) <= MAX_ABS_VALUE).all():
+            raise CorruptFileError(f"{SKNN_ITEM_WEIGHT}: holds NaN, infinite or out-of-range "
+                                   f"values (|x| > {MAX_ABS_VALUE:g})")
     for indptr, data in ((CATEGORY_INDPTR, CATEGORY_INDICES),
                          (SKNN_ITEM_INDPTR, SKNN_ITEM_SESSIONS),
                          (SKNN_SESSION_INDPTR, SKNN_SESSION_ITEMS)):

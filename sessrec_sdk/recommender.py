@@ -41,6 +41,7 @@ from . import pages
 from .bundle import (
     CANDIDATE_POLICIES,
     CATEGORY_FILTERS,
+    INT32_MAX,
     ITEM_IDS_ORDER,
     NEIGHBORS,
     SKNN_FILES,
@@ -545,7 +546,7 @@ def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, c
     n_cats, cap = 0, 0
     if policy == "sessions" and not s.knn_only:
         cap = _int_option("max_candidates", d.get("max_candidates", 500)
-                          if max_candidates is None else max_candidates, 1, None)
+                          if max_candidates is None else max_candidates, 1, INT32_MAX)
     if s.category_name is None:
         if cat_filter == "predicted" or policy == "categories" or categories is not None:
             raise ValueError("category_filter='predicted', candidates='categories' and "
@@ -556,7 +557,7 @@ def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, c
                              1, s.n_categories)
         if policy != "sessions":
             cap = _int_option("max_candidates", d["max_candidates"] if max_candidates is None
-                              else max_candidates, 1, None)
+                              else max_candidates, 1, INT32_MAX)
         if policy == "categories" and s.bundle.category_indptr is None:
             raise ValueError("candidates='categories' needs the bundle's category index "
                              "(category_items_*.npy), which this bundle does not have")

@@ -270,3 +270,47 @@ def test_hybrid_scores_are_the_models_plus_the_blend(hybrid_run):
             np.sort(expect)[::-1][:20], blended.scores, atol=1e-4)
         checked += 1
     assert checked >= 10
+
+
+def test_damaged_sknn_manifest_and_weights_are_refused_at_load(knn_run, hybrid_run, tmp_path):
+    import shutil
+
+    from fault_injection import read_manifest, resign, write_manifest
+
+    _, bundle, _ = knn_run
+    _, hybrid, _ = hybrid_run
+
+    def damaged(src, name, edit):
+        out = tmp_path / name
+        shutil.copytree(src, out)
+        edit(out)
+        return out
+
+    def manifest(fn):
+        def edit(b):
+            m = read_manifest(b)
+            fn(m)
+            write_manifest(b, m)
+        return edit
+
+    def weights(b):
+        w = np.load(b / "sknn_item_weight.npy")
+        w[3] = np.nan
+        np.save(b / "sknn_item_weight.npy", w)
+        resign(b, "sknn_item_weight.npy")
+
+    cases = {
+        # a count no kernel call could take: refused at load, naming the manifest
+        "sample": (bundle, manifest(lambda m: m["sknn"].update(sample=2**31)), "sknn"),
+        "max_candidates": (hybrid, manifest(lambda m: m["defaults"].update(
+            max_candidates=10**12)), "max_candidates"),
+        # an encoder bundle relabelled as session-kNN must not silently drop its encoder
+        "scorer": (hybrid, manifest(lambda m: m.update(scorer="sknn")), "scorer 'sknn'"),
+        # NaN weights would rank differently per backend: refused on every load
+        "weights": (bundle, weights, "sknn_item_weight"),
+    }
+    for name, (src, edit, match) in cases.items():
+        bad = damaged(src, name, edit)
+        for verify in (False, True):
+            with pytest.raises(CorruptFileError, match=match):
+                Recommender.load(bad, verify=verify)
