@@ -27,7 +27,8 @@ Rows of the table (method names are stable, scripts read them from the JSON):
                              candidate path (neighbors instead of the whole catalog)
   <model>/sdk                Recommender.recommend with the bundle's defaults
   <model>/sdk/<filter>       each category filter (last, session, none)
-  <model>/sdk/neighbors=<n>  the neighbors-per-item sweep (paper Fig. 4)
+  <model>/sdk/neighbors=<n>  the neighbors-per-item sweep (paper Fig. 4), on neighbor
+                             candidates whatever the bundle's default policy
   <model>/sdk/candidates=..  with a session index in the bundle: neighbor-row candidates,
                              or the kNN candidates scored by the model alone (no blend)
   <model>/sdk/categories=<K> bundles whose encoder predicts categories (a category_scores
@@ -533,10 +534,13 @@ def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path 
         if skipped:
             log(f"(sweep: neighbors {skipped} skipped, the bundle has K={width}; export with "
                 f"--neighbors {max(sweep)} for the whole curve)")
+        sweep_options = {}  # the sweep is over neighbor candidates, whatever the default
+        if served.knn_kernel is not None:
+            sweep_options = {"candidates": "neighbors", "knn_weight": 0.0}
+        elif rec.manifest["defaults"]["candidates"] != "neighbors":
+            sweep_options = {"candidates": "neighbors"}
         for m in (m for m in sweep if m <= width):
-            sdk_row(f"{kind}/sdk/neighbors={m}", neighbors=m, **(
-                {"candidates": "neighbors", "knn_weight": 0.0}
-                if served.knn_kernel is not None else {}))
+            sdk_row(f"{kind}/sdk/neighbors={m}", neighbors=m, **sweep_options)
         if served.category_name is not None:  # the encoder predicts categories
             ks = [c for c in category_sweep if c <= served.n_categories]
             acc = category_accuracy(rec, inputs, targets, ks)

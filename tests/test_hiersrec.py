@@ -218,8 +218,8 @@ def test_evaluate_category_rows_candidates_and_accuracy(hier_run):
         sdk_rows = [r for (m, p), r in rows.items() if p == protocol and "/sdk" in m]
         for r in sdk_rows:  # every SDK row says how much of the catalog it scored
             assert r["candidates_mean"] >= 0
-            assert r["catalog_share"] == pytest.approx(r["candidates_mean"] / n_items,
-                                                       abs=1e-5)
+            assert r["catalog_share"] == pytest.approx(  # candidates_mean: 0.1 rounding
+                r["candidates_mean"] / n_items, abs=0.05 / n_items + 1e-6)
         acc = result["info"]["category_accuracy"][protocol]
         tops = [acc[f"category_top{c}"] for c in ks]
         assert tops == sorted(tops) and 0 <= tops[0] and tops[-1] <= 1
@@ -238,6 +238,13 @@ def test_evaluate_category_rows_candidates_and_accuracy(hier_run):
         x, k=20, candidates="categories", categories=2, category_filter="none").item_ids,
         inputs, targets, progress=False)
     row = rows[("hiersrec/sdk/categories=2", "last")]
+    assert {c: row[c] for c in ("HR@20", "MRR@20", "n")} == \
+        {c: plain[c] for c in ("HR@20", "MRR@20", "n")}
+    # the neighbors sweep runs on neighbor candidates whatever the default policy
+    plain = evaluate_lists("x", lambda x: rec.recommend(
+        x, k=20, candidates="neighbors", neighbors=10).item_ids, inputs, targets,
+        progress=False)
+    row = rows[("hiersrec/sdk/neighbors=10", "last")]
     assert {c: row[c] for c in ("HR@20", "MRR@20", "n")} == \
         {c: plain[c] for c in ("HR@20", "MRR@20", "n")}
     # category accuracy by hand: top-1 = argmax of the encoder's category scores

@@ -188,6 +188,8 @@ PRESETS = {
               "lr": 1e-4, "weight_decay": 0.0, "batch_size": 1024, "epochs": 20,
               "patience": 3, "same_category": False},
     # The budget class of the other fast presets: minutes per epoch on 2 CPU cores.
+    # lr 0.01: chosen on validation sessions against 0.005 and 0.02, see
+    # docs/evaluation.md ("HierSRec (fast preset)").
     "fast": {"dim": 64, "cat_dim": 32, "width": 64, "layers": 2, "heads": 4,
              "proj_dim": 32, "dropout": 0.0, "lambda_c": 1.0, "optimizer": "adam",
              "lr": 0.01, "lr_schedule": "cosine", "weight_decay": 0.0, "batch_size": 512,
