@@ -378,7 +378,8 @@ def _check_manifest(manifest: Any, path: Path) -> None:
     if kind == "sknn":  # a session-kNN bundle has nothing of an encoder bundle
         stray = [k for k in ("encoder", "dim", "input_dim", "neighbors_per_item")
                  if k in manifest]
-        stray += [f for f in ENCODER_FILES if f in manifest.get("files", {})]
+        files = manifest.get("files")
+        stray += [f for f in ENCODER_FILES if isinstance(files, dict) and f in files]
         if stray:
             raise CorruptFileError(f"{where}: scorer 'sknn' but the manifest has encoder-bundle "
                                    f"entries {stray} (damaged manifest?)")
