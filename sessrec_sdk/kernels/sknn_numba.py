@@ -10,6 +10,9 @@ import numba
 import numpy as np
 
 from .common import RowRangeError
+from .numba_backend import _sift_down as _item_sift_down  # the item heap: same tie rule
+from .numba_backend import _sift_up as _item_sift_up
+from .numba_backend import _worse as _item_worse
 from .sknn import (
     INDEX_ARRAYS,
     IndexRangeError,
@@ -27,41 +30,8 @@ _F01 = np.float32(0.1)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _item_worse(sa, ra, sb, rb):
-    return sa < sb or (sa == sb and ra > rb)
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
 def _slot_worse(sim, sess, a, b):
     return sim[a] < sim[b] or (sim[a] == sim[b] and sess[a] < sess[b])
-
-
-@numba.njit(cache=True, nogil=True)
-def _item_sift_down(rows, scores, n, i):
-    while True:
-        left = 2 * i + 1
-        right = left + 1
-        m = i
-        if left < n and _item_worse(scores[left], rows[left], scores[m], rows[m]):
-            m = left
-        if right < n and _item_worse(scores[right], rows[right], scores[m], rows[m]):
-            m = right
-        if m == i:
-            return
-        scores[i], scores[m] = scores[m], scores[i]
-        rows[i], rows[m] = rows[m], rows[i]
-        i = m
-
-
-@numba.njit(cache=True, nogil=True)
-def _item_sift_up(rows, scores, i):
-    while i > 0:
-        p = (i - 1) // 2
-        if not _item_worse(scores[i], rows[i], scores[p], rows[p]):
-            return
-        scores[i], scores[p] = scores[p], scores[i]
-        rows[i], rows[p] = rows[p], rows[i]
-        i = p
 
 
 @numba.njit(cache=True, nogil=True)
