@@ -468,39 +468,6 @@ def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path 
             add(evaluate_lists("vsknn", lambda x: vsknn.recommend(x, k),
                                inputs, targets, progress))
         timed = inputs[:latency_sessions] if protocol == "last" else []
-        if knn_only:
-            def knn_row(name: str, timed=timed, inputs=inputs, targets=targets, add=add,
-                        **options) -> None:
-                counts: list[int] = []
-
-                def call(x):
-                    out = rec.recommend(x, k=k, **options)
-                    counts.append(out.n_candidates)
-                    return out.item_ids
-                lat = {}
-                if timed:
-                    for x in timed[:200]:
-                        call(x)
-                    lat = latency(call, timed)
-                counts.clear()
-                row = evaluate_lists(name, call, inputs, targets, progress)
-                add({**row, **lat, **candidate_columns(counts, served.n_items)})
-
-            knn_row(f"{kind}/sdk")
-            knn_row(f"{kind}/sdk/exclude", exclude_session_items=True)
-            knn_row(f"{kind}/sdk/no-bonus", exclude_session_items=False, repeat_bonus=0.0)
-            continue
-        if checkpoint:
-            ranks = full_catalog_ranks_torch(checkpoint, inputs, targets, progress)
-            add({"method": f"{kind}/full", **ranking_metrics(ranks), "n": n})
-        served.encoder = memo  # evaluation only: this Recommender is private to evaluate()
-        plain, post = full_catalog_ranks_sdk(rec, inputs, targets, progress)
-        add({"method": f"{kind}/full-sdk-query", **ranking_metrics(plain), "n": n})
-        add({"method": f"{kind}/full-sdk-post", **ranking_metrics(post), "n": n,
-             "post_processing": {"category_filter": rec.manifest["defaults"]["category_filter"]
-                                 if rec.manifest["has_categories"] else "none",
-                                 "exclude_session_items":
-                                     rec.manifest["defaults"]["exclude_session_items"]}})
 
         def sdk_row(name: str, timed=timed, inputs=inputs, targets=targets, add=add,
                     extra: dict | None = None, call=None, counts=None, **options) -> None:
@@ -521,6 +488,23 @@ def evaluate(bundle: str | Path, test_csv: str | Path, *, train_csv: str | Path 
             counts.clear()
             row = evaluate_lists(name, call, inputs, targets, progress)
             add({**row, **lat, **candidate_columns(counts, served.n_items), **(extra or {})})
+
+        if knn_only:  # a session-kNN bundle: no encoder, no full-catalog ranking
+            sdk_row(f"{kind}/sdk")
+            sdk_row(f"{kind}/sdk/exclude", exclude_session_items=True)
+            sdk_row(f"{kind}/sdk/no-bonus", exclude_session_items=False, repeat_bonus=0.0)
+            continue
+        if checkpoint:
+            ranks = full_catalog_ranks_torch(checkpoint, inputs, targets, progress)
+            add({"method": f"{kind}/full", **ranking_metrics(ranks), "n": n})
+        served.encoder = memo  # evaluation only: this Recommender is private to evaluate()
+        plain, post = full_catalog_ranks_sdk(rec, inputs, targets, progress)
+        add({"method": f"{kind}/full-sdk-query", **ranking_metrics(plain), "n": n})
+        add({"method": f"{kind}/full-sdk-post", **ranking_metrics(post), "n": n,
+             "post_processing": {"category_filter": rec.manifest["defaults"]["category_filter"]
+                                 if rec.manifest["has_categories"] else "none",
+                                 "exclude_session_items":
+                                     rec.manifest["defaults"]["exclude_session_items"]}})
 
         sdk_row(f"{kind}/sdk")
         filters = ("last", "session", "none") if rec.manifest["has_categories"] else ("none",)
