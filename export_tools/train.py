@@ -154,11 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         out = train_sknn(args.preset, sessions, catalog, args.out, overrides=overrides,
                          valid_fraction=args.valid_fraction, valid_split=args.valid_split,
                          data_info=data_info)
-        cfg = json.loads((out / CONFIG_FILE).read_text())
-        best = cfg.get("best_metrics") or {}
-        print(f"checkpoint: {out}  (setting {json.dumps(cfg['model_config'])}; valid HR@20 "
-              f"{best.get('HR@20', float('nan')):.4f} MRR@20 "
-              f"{best.get('MRR@20', float('nan')):.4f}; {time.perf_counter() - t0:.0f}s)")
+        _report(out, t0, lambda cfg: f"setting {json.dumps(cfg['model_config'])}")
         return 0
     out = train(
         args.model, args.preset, sessions, catalog, args.out, overrides=overrides,
@@ -166,12 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         resume=args.resume,
         progress=not args.no_progress, threads=args.threads, data_info=data_info,
     )
+    _report(out, t0, lambda cfg: f"best epoch {cfg.get('best_epoch')}")
+    return 0
+
+
+def _report(out: Path, t0: float, what) -> None:
+    """One line on the written checkpoint: ``what(config)``, its validation figures."""
     cfg = json.loads((out / CONFIG_FILE).read_text())
     best = cfg.get("best_metrics") or {}
-    print(f"checkpoint: {out}  (best epoch {cfg.get('best_epoch')}: valid HR@20 "
+    print(f"checkpoint: {out}  ({what(cfg)}: valid HR@20 "
           f"{best.get('HR@20', float('nan')):.4f} MRR@20 {best.get('MRR@20', float('nan')):.4f}; "
           f"{time.perf_counter() - t0:.0f}s)")
-    return 0
 
 
 if __name__ == "__main__":

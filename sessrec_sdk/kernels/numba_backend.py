@@ -85,6 +85,32 @@ def _sift_up(rows, scores, i):
         i = p
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _heap_offer(rows, scores, size, k, r, score):
+    """Offer (score, r) to the bounded min-heap of the best ``k``; returns its new size."""
+    if size < k:
+        rows[size] = r
+        scores[size] = score
+        _sift_up(rows, scores, size)
+        return size + 1
+    if _worse(scores[0], rows[0], score, r):
+        rows[0] = r
+        scores[0] = score
+        _sift_down(rows, scores, size, 0)
+    return size
+
+
+@numba.njit(cache=True, nogil=True)
+def _heap_sort(rows, scores, size):
+    """The heap of ``size`` entries in place, best first (score, then the smaller row)."""
+    n = size - 1
+    while n > 0:
+        scores[0], scores[n] = scores[n], scores[0]
+        rows[0], rows[n] = rows[n], rows[0]
+        _sift_down(rows, scores, n, 0)
+        n -= 1
+
+
 @numba.njit(cache=True, nogil=True)
 def _first_out_of_range(rows, n_items):
     """0 if every row is in [0, n_items), else the first bad row encoded so 0 is free
@@ -159,21 +185,8 @@ def sr_top_k(matrix, half_table, bias, has_bias, neighbors, n_use, seeds, exclud
             if has_bias:
                 score += bias[c]
             n_scored += 1
-            if size < k:
-                out_rows[size] = c
-                out_scores[size] = score
-                _sift_up(out_rows, out_scores, size)
-                size += 1
-            elif _worse(out_scores[0], out_rows[0], score, c):
-                out_rows[0] = c
-                out_scores[0] = score
-                _sift_down(out_rows, out_scores, size, 0)
-    n = size - 1
-    while n > 0:
-        out_scores[0], out_scores[n] = out_scores[n], out_scores[0]
-        out_rows[0], out_rows[n] = out_rows[n], out_rows[0]
-        _sift_down(out_rows, out_scores, n, 0)
-        n -= 1
+            size = _heap_offer(out_rows, out_scores, size, k, c, score)
+    _heap_sort(out_rows, out_scores, size)
     return size, n_scored
 
 

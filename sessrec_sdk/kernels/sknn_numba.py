@@ -10,9 +10,7 @@ import numba
 import numpy as np
 
 from .common import RowRangeError
-from .numba_backend import _sift_down as _item_sift_down  # the item heap: same tie rule
-from .numba_backend import _sift_up as _item_sift_up
-from .numba_backend import _worse as _item_worse
+from .numba_backend import _heap_offer, _heap_sort  # the item heap: same tie rule
 from .sknn import (
     INDEX_ARRAYS,
     IndexRangeError,
@@ -266,21 +264,8 @@ def sr_sknn_top_k(item_indptr, item_sessions, session_indptr, session_items, ite
             if exclude_session:
                 continue
             score = score + session_bonus
-        if kept < k:
-            out_rows[kept] = r
-            out_scores[kept] = score
-            _item_sift_up(out_rows, out_scores, kept)
-            kept += 1
-        elif _item_worse(out_scores[0], out_rows[0], score, r):
-            out_rows[0] = r
-            out_scores[0] = score
-            _item_sift_down(out_rows, out_scores, kept, 0)
-    m = kept - 1
-    while m > 0:
-        out_scores[0], out_scores[m] = out_scores[m], out_scores[0]
-        out_rows[0], out_rows[m] = out_rows[m], out_rows[0]
-        _item_sift_down(out_rows, out_scores, m, 0)
-        m -= 1
+        kept = _heap_offer(out_rows, out_scores, kept, k, r, score)
+    _heap_sort(out_rows, out_scores, kept)
     return kept, n_cand
 
 
