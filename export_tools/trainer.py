@@ -179,6 +179,11 @@ def train(
                       callbacks=list(callbacks or []))
 
 
+def _scalar(value) -> float:
+    """A loss part as a float, without autograd's warning for a tensor that needs grad."""
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
 def _call(callbacks, hook: str, *args) -> None:
     for cb in callbacks:
         fn = getattr(cb, hook, None)
@@ -296,7 +301,7 @@ def _train(model_name, preset, train_sessions_rows, catalog, out_dir, *, overrid
             loss_sum += lv * len(idx)
             if len(parts) > 1:
                 for name, value in parts.items():
-                    part_sums[name] = part_sums.get(name, 0.0) + float(value) * len(idx)
+                    part_sums[name] = part_sums.get(name, 0.0) + _scalar(value) * len(idx)
             if bar is not None:
                 bar.update(len(idx))
                 bar.set_postfix(loss=f"{lv:.3f}", lr=f"{lr:.2g}",
