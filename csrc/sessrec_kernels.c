@@ -38,6 +38,7 @@
  */
 #include <string.h>
 
+#include "sessrec_heap.h"
 #include "sessrec_kernels.h"
 
 #define SR_LANES 16
@@ -157,52 +158,6 @@ SR_INLINE float dot(const void *row, const int32_t is_half, const int32_t hw_f16
     return fold_lanes(acc);
 }
 
-/* a is worse than b: lower score, or equal score and larger row */
-static inline int worse(float sa, int32_t ra, float sb, int32_t rb) {
-    return sa < sb || (sa == sb && ra > rb);
-}
-
-/* min-heap on "worse": the root is the worst item kept */
-static inline void sift_down(int32_t *rows, float *scores, int32_t n, int32_t i) {
-    for (;;) {
-        int32_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < n && worse(scores[l], rows[l], scores[m], rows[m])) m = l;
-        if (r < n && worse(scores[r], rows[r], scores[m], rows[m])) m = r;
-        if (m == i) return;
-        float ts = scores[i]; scores[i] = scores[m]; scores[m] = ts;
-        int32_t tr = rows[i]; rows[i] = rows[m]; rows[m] = tr;
-        i = m;
-    }
-}
-
-static inline void sift_up(int32_t *rows, float *scores, int32_t i) {
-    while (i > 0) {
-        int32_t p = (i - 1) / 2;
-        if (!worse(scores[i], rows[i], scores[p], rows[p])) return;
-        float ts = scores[i]; scores[i] = scores[p]; scores[p] = ts;
-        int32_t tr = rows[i]; rows[i] = rows[p]; rows[p] = tr;
-        i = p;
-    }
-}
-
-/* The k best (score, row) pairs seen so far, as a min-heap on "worse". */
-typedef struct {
-    int32_t *rows;
-    float *scores;
-    int32_t k, size;
-} top_k_heap;
-
-SR_INLINE void heap_offer(top_k_heap *h, float score, int32_t c) {
-    if (h->size < h->k) {
-        h->rows[h->size] = c; h->scores[h->size] = score;
-        sift_up(h->rows, h->scores, h->size);
-        h->size++;
-    } else if (worse(h->scores[0], h->rows[0], score, c)) {
-        h->rows[0] = c; h->scores[0] = score;
-        sift_down(h->rows, h->scores, h->size, 0);
-    }
-}
-
 SR_INLINE void prefetch_row(const char *row, int64_t row_bytes) {
     for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(row + off);
 }
@@ -211,7 +166,7 @@ SR_INLINE void prefetch_row(const char *row, int64_t row_bytes) {
  * the rows are scattered over a large mapping, so the loads overlap instead of queueing. */
 SR_INLINE void score_batch(const int32_t *cand, int32_t n, const char *matrix,
                            int64_t row_bytes, int32_t is_half, int32_t hw_f16, int32_t dim,
-                           const float *bias, const float *query, top_k_heap *h) {
+                           const float *bias, const float *query, sr_item_heap *h) {
     for (int32_t i = 0; i < n && i < SR_ROWS_AHEAD; i++)
         prefetch_row(matrix + (int64_t)cand[i] * row_bytes, row_bytes);
     for (int32_t i = 0; i < n; i++) {
@@ -220,7 +175,7 @@ SR_INLINE void score_batch(const int32_t *cand, int32_t n, const char *matrix,
         int32_t c = cand[i];
         float score = dot(matrix + (int64_t)c * row_bytes, is_half, hw_f16, query, dim);
         if (bias) score += bias[c];
-        heap_offer(h, score, c);
+        sr_heap_offer(h, score, c);
     }
 }
 
@@ -228,17 +183,9 @@ SR_INLINE void score_batch(const int32_t *cand, int32_t n, const char *matrix,
 SR_INLINE void score_batch_typed(const int32_t *cand, int32_t n, const char *matrix,
                                  int64_t row_bytes, int32_t is_half, const int32_t hw_f16,
                                  int32_t dim, const float *bias, const float *query,
-                                 top_k_heap *h) {
+                                 sr_item_heap *h) {
     if (is_half) score_batch(cand, n, matrix, row_bytes, 1, hw_f16, dim, bias, query, h);
     else score_batch(cand, n, matrix, row_bytes, 0, hw_f16, dim, bias, query, h);
-}
-
-/* 1 if every rows[i] is in [0, n_items); else 0 with the first bad row in *bad */
-static inline int rows_in_range(const int32_t *rows, int32_t n, int64_t n_items, int32_t *bad) {
-    for (int32_t i = 0; i < n; i++) {
-        if (rows[i] < 0 || rows[i] >= n_items) { *bad = rows[i]; return 0; }
-    }
-    return 1;
 }
 
 #define SR_TOP_K_PARAMS \
@@ -263,16 +210,16 @@ static inline int rows_in_range(const int32_t *rows, int32_t n, int64_t n_items,
 SR_INLINE int32_t top_k_body(SR_TOP_K_PARAMS, const int32_t hw_f16) {
     const int64_t row_bytes = (int64_t)dim * (is_half ? 2 : 4);
     const char *mat = (const char *)matrix;
-    top_k_heap h = {out_rows, out_scores, k, 0};
+    sr_item_heap h = {out_rows, out_scores, k, 0};
     int32_t batch[SR_BATCH], n_batch = 0, n_scored = 0;
     *out_n_candidates = 0;
     if (dim < 1 || row_width < 0 || n_use < 0 || n_use > row_width) return SR_ERR_ARGUMENT;
     if (k <= 0) return 0;
     /* rows come from the caller (the id lookup): checked here, before any is written */
-    if (!rows_in_range(seeds, n_seeds, n_items, out_rows)
-        || !rows_in_range(cands, n_cands, n_items, out_rows)
-        || !rows_in_range(excluded, n_excluded, n_items, out_rows)
-        || !rows_in_range(allowed, n_allowed, n_items, out_rows)) return SR_ERR_ROW_RANGE;
+    if (!sr_rows_in_range(seeds, n_seeds, n_items, out_rows)
+        || !sr_rows_in_range(cands, n_cands, n_items, out_rows)
+        || !sr_rows_in_range(excluded, n_excluded, n_items, out_rows)
+        || !sr_rows_in_range(allowed, n_allowed, n_items, out_rows)) return SR_ERR_ROW_RANGE;
 
     for (int32_t i = 0; i < n_excluded; i++) seen[excluded[i]] = epoch;
     if (exclude_seeds) {
@@ -327,12 +274,7 @@ SR_INLINE int32_t top_k_body(SR_TOP_K_PARAMS, const int32_t hw_f16) {
     score_batch_typed(batch, n_batch, mat, row_bytes, is_half, hw_f16, dim, bias, query, &h);
     n_scored += n_batch;
 
-    /* heap sort: move the worst to the end, leaving best first */
-    for (int32_t n = h.size - 1; n > 0; n--) {
-        float ts = out_scores[0]; out_scores[0] = out_scores[n]; out_scores[n] = ts;
-        int32_t tr = out_rows[0]; out_rows[0] = out_rows[n]; out_rows[n] = tr;
-        sift_down(out_rows, out_scores, n, 0);
-    }
+    sr_heap_sort(&h);
     *out_n_candidates = n_scored;
     return h.size;
 }

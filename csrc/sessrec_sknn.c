@@ -32,40 +32,12 @@
  */
 #include <stddef.h>
 
+#include "sessrec_heap.h"
 #include "sessrec_kernels.h"
-
-/* a is worse than b: lower score, or equal score and larger row (the result ranking) */
-static inline int item_worse(float sa, int32_t ra, float sb, int32_t rb) {
-    return sa < sb || (sa == sb && ra > rb);
-}
 
 /* a is worse than b as a neighbor: lower sim, or equal sim and smaller (older) session */
 static inline int session_worse(float sa, int32_t ja, float sb, int32_t jb) {
     return sa < sb || (sa == sb && ja < jb);
-}
-
-/* --- the k best (score, row) pairs: a min-heap on item_worse, root = worst kept --- */
-
-static inline void item_sift_down(int32_t *rows, float *scores, int32_t n, int32_t i) {
-    for (;;) {
-        int32_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < n && item_worse(scores[l], rows[l], scores[m], rows[m])) m = l;
-        if (r < n && item_worse(scores[r], rows[r], scores[m], rows[m])) m = r;
-        if (m == i) return;
-        float ts = scores[i]; scores[i] = scores[m]; scores[m] = ts;
-        int32_t tr = rows[i]; rows[i] = rows[m]; rows[m] = tr;
-        i = m;
-    }
-}
-
-static inline void item_sift_up(int32_t *rows, float *scores, int32_t i) {
-    while (i > 0) {
-        int32_t p = (i - 1) / 2;
-        if (!item_worse(scores[i], rows[i], scores[p], rows[p])) return;
-        float ts = scores[i]; scores[i] = scores[p]; scores[p] = ts;
-        int32_t tr = rows[i]; rows[i] = rows[p]; rows[p] = tr;
-        i = p;
-    }
 }
 
 /* --- R: a min-heap of session ids (the root is the oldest session of R) --- */
@@ -117,15 +89,6 @@ static inline void slot_sift_up(int32_t *h, const float *sim, const int32_t *ses
     }
 }
 
-/* 1 if every rows[i] is in [0, n_items); else 0 with the first bad row in *bad */
-static inline int sknn_rows_in_range(const int32_t *rows, int32_t n, int64_t n_items,
-                                     int32_t *bad) {
-    for (int32_t i = 0; i < n; i++) {
-        if (rows[i] < 0 || rows[i] >= n_items) { *bad = rows[i]; return 0; }
-    }
-    return 1;
-}
-
 /* The bounds [*lo, *hi) of list `i` of an indptr over `n_data` entries; 0 if they are not
  * 0 <= lo <= hi <= n_data, with the position of the bad entry in *bad_pos (i if lo is out
  * of [0, n_data], else i + 1). */
@@ -164,9 +127,9 @@ int32_t sr_sknn_top_k(const sr_sknn_index *index, const sr_sknn_query *query,
      * give the same answer as `sample` slots */
     const int32_t cap = (int64_t)q->sample < n_sessions ? q->sample : (int32_t)n_sessions;
     if (cap > sc->capacity) return SR_ERR_ARGUMENT;
-    if (!sknn_rows_in_range(q->session, q->n_session, n_items, out_rows)
-        || !sknn_rows_in_range(q->excluded, q->n_excluded, n_items, out_rows)
-        || !sknn_rows_in_range(q->allowed, q->n_allowed, n_items, out_rows))
+    if (!sr_rows_in_range(q->session, q->n_session, n_items, out_rows)
+        || !sr_rows_in_range(q->excluded, q->n_excluded, n_items, out_rows)
+        || !sr_rows_in_range(q->allowed, q->n_allowed, n_items, out_rows))
         return SR_ERR_ROW_RANGE;
     const int32_t n = q->n_session;
     if (n == 0) return 0;
@@ -277,7 +240,7 @@ int32_t sr_sknn_top_k(const sr_sknn_index *index, const sr_sknn_query *query,
     for (int32_t i = 0; i < q->n_excluded; i++) item_excluded[q->excluded[i]] = epoch;
     for (int32_t i = 0; i < q->n_allowed; i++) item_allowed[q->allowed[i]] = epoch;
     const int32_t k = q->k;
-    int32_t kept = 0;
+    sr_item_heap h = {out_rows, out_scores, k, 0};
     for (int32_t i = 0; i < n_cand; i++) {
         const int32_t r = item_list[i];
         if (item_excluded[r] == epoch) continue;
@@ -294,21 +257,8 @@ int32_t sr_sknn_top_k(const sr_sknn_index *index, const sr_sknn_query *query,
             if (q->exclude_session) continue;
             score = score + q->session_bonus;
         }
-        if (kept < k) {
-            out_rows[kept] = r;
-            out_scores[kept] = score;
-            item_sift_up(out_rows, out_scores, kept);
-            kept++;
-        } else if (item_worse(out_scores[0], out_rows[0], score, r)) {
-            out_rows[0] = r;
-            out_scores[0] = score;
-            item_sift_down(out_rows, out_scores, kept, 0);
-        }
+        sr_heap_offer(&h, score, r);
     }
-    for (int32_t m = kept - 1; m > 0; m--) {
-        float ts = out_scores[0]; out_scores[0] = out_scores[m]; out_scores[m] = ts;
-        int32_t tr = out_rows[0]; out_rows[0] = out_rows[m]; out_rows[m] = tr;
-        item_sift_down(out_rows, out_scores, m, 0);
-    }
-    return kept;
+    sr_heap_sort(&h);
+    return h.size;
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Hand-written mutants of the C kernels (csrc/sessrec_kernels.c), each rebuilt and run
+"""Hand-written mutants of the C kernels (csrc/sessrec_kernels.c and the top-k heap it
+shares with the session-kNN kernel, csrc/sessrec_heap.h), each rebuilt and run
 against the kernel tests: a mutant the tests do not kill is a path no test checks.
 
     .venv/bin/python scripts/c_mutants.py              # all mutants, ~5-8 minutes on 2 cores
@@ -28,9 +29,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "csrc/sessrec_kernels.c"
+HEAP = "csrc/sessrec_heap.h"  # the top-k heap both kernels share
 TESTS = ["tests/test_kernels.py", "tests/test_fuzz_kernels.py"]
 
-# (name, what the bug is, text in csrc/sessrec_kernels.c, replacement)
+# (name, what the bug is, text in csrc/sessrec_kernels.c, replacement[, file if not that])
 MUTANTS = [
     ("batch-drop-last", "the last candidate of every full 512-candidate batch is not scored",
      "score_batch_typed(batch, n_batch, mat, row_bytes, is_half, hw_f16, dim, bias,\n",
@@ -52,17 +54,18 @@ MUTANTS = [
      "for (int j = 0; j < half; j++) acc[j] = acc[2 * j] + acc[2 * j + 1];"),
     ("worse-le", "`<` turned into `<=` in worse(): equal scores always count as worse",
      "return sa < sb || (sa == sb && ra > rb);",
-     "return sa <= sb || (sa == sb && ra > rb);"),
+     "return sa <= sb || (sa == sb && ra > rb);", HEAP),
     ("tie-by-larger-row", "ties broken by the larger row",
      "return sa < sb || (sa == sb && ra > rb);",
-     "return sa < sb || (sa == sb && ra < rb);"),
+     "return sa < sb || (sa == sb && ra < rb);", HEAP),
     ("heap-sift-right-off-by-one", "sift_down looks one slot past the heap for the right child",
-     "if (r < n && worse(scores[r], rows[r], scores[m], rows[m])) m = r;",
-     "if (r <= n && worse(scores[r], rows[r], scores[m], rows[m])) m = r;"),
+     "if (r < n && sr_item_worse(scores[r], rows[r], scores[m], rows[m])) m = r;",
+     "if (r <= n && sr_item_worse(scores[r], rows[r], scores[m], rows[m])) m = r;", HEAP),
     ("heap-keeps-k-minus-1", "the bounded heap holds k - 1 items",
-     "if (h->size < h->k) {", "if (h->size < h->k - 1) {"),
+     "if (h->size < h->k) {", "if (h->size < h->k - 1) {", HEAP),
     ("heap-sort-stops-early", "the final heap sort leaves the first two items unsorted",
-     "for (int32_t n = h.size - 1; n > 0; n--) {", "for (int32_t n = h.size - 1; n > 1; n--) {"),
+     "for (int32_t n = h->size - 1; n > 0; n--) {",
+     "for (int32_t n = h->size - 1; n > 1; n--) {", HEAP),
     ("category-filter-inverted", "the category filter keeps the rejected categories",
      "if (!ok) continue;", "if (ok) continue;"),
     ("allow-list-inverted", "the allow-list drops the allowed rows",
@@ -175,11 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown mutants: {sorted(unknown)}")
     chosen = [m for m in MUTANTS if not args.names or m[0] in args.names]
-    original = (ROOT / SOURCE).read_text()
-    for name, _, old, _ in chosen:  # every mutant must apply to today's source
-        if original.count(old) != 1:
-            print(f"mutant {name}: its text occurs {original.count(old)} times in {SOURCE} "
-                  "(the source changed: update scripts/c_mutants.py)", file=sys.stderr)
+    chosen = [(name, why, old, new, rest[0] if rest else SOURCE)  # the file it mutates
+              for name, why, old, new, *rest in chosen]
+    original = {f: (ROOT / f).read_text() for f in {m[4] for m in chosen}}
+    for name, _, old, _, source in chosen:  # every mutant must apply to today's source
+        if original[source].count(old) != 1:
+            print(f"mutant {name}: its text occurs {original[source].count(old)} times in "
+                  f"{source} (the source changed: update scripts/c_mutants.py)",
+                  file=sys.stderr)
             return 2
     work = Path(tempfile.mkdtemp(prefix="sessrec-c-mutants."))
     logs = work / "logs"
@@ -196,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"baseline: builds and passes ({time.time() - t0:.0f} s)", flush=True)
         results = []
-        for name, why, old, new in chosen:
+        for name, why, old, new, source in chosen:
             t = time.time()
-            (work / SOURCE).write_text(original.replace(old, new, 1))
+            (work / source).write_text(original[source].replace(old, new, 1))
             try:
                 if not build(work, args.python, logs / f"build-{name}.txt"):
                     status, detail = "build-error", ""
@@ -207,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                                                args.timeout)
                     status = "SURVIVED" if passed else "killed"
             finally:
-                (work / SOURCE).write_text(original)
+                (work / source).write_text(original[source])
             results.append((name, status))
             print(f"{status:11s} {name:28s} {time.time() - t:5.0f} s  {why}\n"
                   f"{'':12s}{detail}", flush=True)
