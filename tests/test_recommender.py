@@ -122,6 +122,32 @@ def test_truncates_to_max_session_length(rec, small_ids):
     assert not set(out.item_ids.tolist()) & set(long)
 
 
+def test_session_rows_are_the_known_window(rec, small_ids):
+    """session_rows: unknown ids dropped, then the last max_session_length (3) known ids,
+    in session order (the synthetic bundle has no session filter)."""
+    unknown = int(small_ids.max()) + 1
+    session = [unknown, *small_ids[[5, 9, 2, 7]].tolist(), unknown]
+    rows = rec.session_rows(session)
+    assert rows.tolist() == rec.bundle.ids.rows(small_ids[[9, 2, 7]]).tolist()
+    assert rec.item_ids[rows].tolist() == small_ids[[9, 2, 7]].tolist()
+    assert rec.session_rows([unknown]).size == 0
+
+
+def test_recommendation_repr_is_short_and_exact():
+    """repr: the first five (id: score) pairs, then the size, fallback and unknown count."""
+    ids = np.array([10, 20, 30, 40, 50, 60])
+    scores = np.array([0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625], dtype=np.float32)
+    assert repr(Recommendation(ids, scores, unknown=2)) == (
+        "Recommendation([10: 0.5, 20: 0.25, 30: 0.125, 40: 0.0625, 50: 0.03125, ...], n=6, "
+        "fallback=None, unknown=2)")
+    few = Recommendation(np.array(["a", "b"]), np.array([1.0, 1 / 3], dtype=np.float32),
+                         fallback="popularity")
+    assert repr(few) == ("Recommendation(['a': 1, 'b': 0.3333], n=2, "
+                         "fallback='popularity', unknown=0)")
+    assert repr(Recommendation(ids[:5], scores[:5])).endswith(
+        "50: 0.03125], n=5, fallback=None, unknown=0)")
+
+
 def test_popularity_fallback(rec, small_ids, small_bundle):
     pop = np.load(small_bundle / "popularity.npy")
     for session in ([], [-1, -2], np.array([], dtype=np.int64)):
