@@ -263,6 +263,61 @@ def sknn_real_bundles() -> list[RealSknn]:
     return out
 
 
+#: Trained bundles of the candidate-policy rows (benchmarks/test_policy_latency.py), each
+#: NAME=BUNDLE:TEST_CSV, comma-separated, relative paths from the repository root; an
+#: environment variable of the same name overrides each list (an empty value times none).
+#: HierSRec bundles (an encoder that predicts categories) for the category policies:
+HIERSREC_BUNDLES_DEFAULT = "hiersrec-dg=runs/hiersrec-fast-bundle2:data/diginetica/test.csv.gz"
+#: Hybrid bundles (an encoder and a session index) for the "sessions" policy:
+HYBRID_BUNDLES_DEFAULT = (
+    "grainrec-rr-hybrid=runs/grainrec-rr-hybrid-bundle:data/retailrocket/test.csv.gz,"
+    "attenmixer-dg-hybrid=runs/attenmixer-dg-hybrid-bundle:data/diginetica/test.csv.gz")
+#: What the hybrid rows are compared with, each timed with its own defaults: the plain
+#: neural bundle and the session-kNN bundles trained on the same data.
+HYBRID_BASELINES_DEFAULT = (
+    "grainrec-rr=runs/grainrec-rr-bundle:data/retailrocket/test.csv.gz,"
+    "sknn-rr=runs/sknn-rr-bundle:data/retailrocket/test.csv.gz,"
+    "sknn-dg=runs/sknn-dg-bundle:data/diginetica/test.csv.gz")
+
+
+@dataclass(frozen=True)
+class RealBundle:
+    """A trained bundle named by an environment variable (``var``), and its test sessions."""
+
+    name: str
+    bundle: Path
+    test_csv: Path
+    var: str
+
+    @property
+    def dataset(self) -> str:
+        return self.test_csv.parent.name
+
+    def missing(self) -> str | None:
+        """Why this bundle cannot be timed (None: it can)."""
+        if not (self.bundle / "manifest.json").is_file():
+            return (f"no bundle at {str(self.bundle)!r} for {self.name!r} (set {self.var}="
+                    "NAME=BUNDLE:TEST_CSV,..., or train and export one: sessrec train, then "
+                    "sessrec export); row skipped")
+        if not self.test_csv.is_file():
+            return (f"no test sessions at {str(self.test_csv)!r} for {self.name!r} "
+                    f"({self.var}); row skipped")
+        return None
+
+
+def real_bundles(var: str, default: str) -> list[RealBundle]:
+    """The bundles named by the environment variable ``var`` (NAME=BUNDLE:TEST_CSV,...;
+    ``default`` when unset), present or not (a missing one is skipped by name)."""
+    out = []
+    for entry in filter(None, (e.strip() for e in os.environ.get(var, default).split(","))):
+        name, sep, rest = entry.partition("=")
+        bundle, sep2, test = rest.rpartition(":")
+        if not (sep and sep2 and name and bundle and test):
+            raise ValueError(f"{var}: {entry!r} is not NAME=BUNDLE:TEST_CSV")
+        out.append(RealBundle(name.strip(), _repo_path(bundle), _repo_path(test), var))
+    return out
+
+
 def warm_page_cache(path: Path) -> float:
     """Put a bundle in the OS page cache as ``sessrec warm`` does (in 2 MB pages where the
     kernel allows): latency is measured on a server in steady state, never on disk reads.

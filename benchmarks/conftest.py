@@ -38,6 +38,27 @@ def pytest_configure(config):
     name = config.getoption("--bench-profile", default=None)
     if name:
         os.environ["SESSREC_BENCH_PROFILE"] = name
+    config.addinivalue_line(
+        "markers", "bundle_missing(reason): a row whose trained bundle (or test file) is "
+                   "absent: skipped with the reason in the full profile, deselected in smoke")
+
+
+def pytest_collection_modifyitems(config, items):
+    """In the smoke profile (what CI runs, where runs/ holds no trained bundles), rows
+    marked ``bundle_missing`` are deselected rather than skipped; the full profile keeps
+    them, and each skips saying which bundle is missing."""
+    if C.profile_from_env().name != "smoke":
+        return
+    drop = [it for it in items if it.get_closest_marker("bundle_missing")]
+    if drop:
+        reasons: dict[str, int] = {}
+        for it in drop:
+            why = it.get_closest_marker("bundle_missing").args[0].removesuffix("; row skipped")
+            reasons[why] = reasons.get(why, 0) + 1
+        for why, n in reasons.items():
+            C.log(f"smoke profile: {n} row(s) deselected: {why}")
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [it for it in items if not it.get_closest_marker("bundle_missing")]
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +106,18 @@ class Suite:
         if key not in self._pools:
             self._pools[key] = (C.csv_session_pool(test_csv, self.p.pool_size) if test_csv
                                 else C.index_session_pool(rec, self.p.pool_size))
+        return self._pools[key]
+
+    def real(self, path, backend: str | None = None):
+        """A recommender on a trained bundle of any kind, in steady state."""
+        backend = backend or self.p.backend
+        return self._steady(("real", str(path), backend), path, backend, prefault=True)
+
+    def csv_pool(self, test_csv) -> list:
+        """Test-session inputs of ``test_csv`` (the same sessions for every bundle)."""
+        key = ("csv", str(test_csv))
+        if key not in self._pools:
+            self._pools[key] = C.csv_session_pool(test_csv, self.p.pool_size)
         return self._pools[key]
 
     def _steady(self, key, path, backend: str, prefault: bool):

@@ -426,20 +426,28 @@ def sknn_results(results: Path, benches: list[Bench]
     """The session-kNN bundle rows, a note on where they come from and the host-probe
     baseline of their run: those of this run's latency.json, else those of
     ``sknn_latency.json`` (a separate run)."""
-    rows = [b for b in benches if b["suite"] == SKNN_SUITE]
+    return separate_results(results, benches, SKNN_SUITE, SKNN_RESULTS, "the sknn benchmarks")
+
+
+def separate_results(results: Path, benches: list[Bench], suite: str, filename: str,
+                     what: str) -> tuple[list[Bench], str | None, float | None]:
+    """The rows of ``suite``, a note on where they come from and the host-probe baseline
+    of their run: those of this run's latency.json, else those of ``filename`` in
+    ``results`` (a separate run of ``what``)."""
+    rows = [b for b in benches if b["suite"] == suite]
     if rows:
         return rows, None, host_baseline(benches)
-    path = results / SKNN_RESULTS
+    path = results / filename
     if not path.is_file():
         return [], None, None
     raw = json.loads(path.read_text())
     everything = [Bench(x) for x in raw["benchmarks"]]
-    rows = [b for b in everything if b["suite"] == SKNN_SUITE]
+    rows = [b for b in everything if b["suite"] == suite]
     commit = raw.get("commit_info", {})
     dirty = " with local changes" if commit.get("dirty") else ""
     when = str(raw.get("datetime", "?"))[:16].replace("T", " ")
-    note = (f"These rows come from a separate run of the sknn benchmarks, "
-            f"`benchmarks/results/{SKNN_RESULTS}` ({when} UTC, commit "
+    note = (f"These rows come from a separate run of {what}, "
+            f"`benchmarks/results/{filename}` ({when} UTC, commit "
             f"{str(commit.get('id', '?'))[:7]}{dirty}), not the run above; their host "
             "slowdown is against that run's own probes.")
     load = rows[0]["loadavg_before"] if rows else None
@@ -522,6 +530,122 @@ def sknn_section(rows: list[Bench], note: str | None, base: float | None
                 f"- synthetic {items(near['n_items'])}-item catalog (the size closest to "
                 f"Serenade's micro benchmarks): p90 {t(near.p90)}, "
                 f"{ratio(near.p90, sr['micro_p90_s'])} their {t(sr['micro_p90_s'])}.")
+    return "\n".join(lines), figures
+
+
+POLICY_RESULTS = "policy_latency.json"  # candidate-policy rows of a separate run
+POLICY_SUITE = "candidate policy"
+
+
+def policy_results(results: Path, benches: list[Bench]
+                   ) -> tuple[list[Bench], str | None, float | None]:
+    """The candidate-policy rows (benchmarks/test_policy_latency.py): those of this run's
+    latency.json, else those of ``policy_latency.json`` (a separate run)."""
+    return separate_results(results, benches, POLICY_SUITE, POLICY_RESULTS,
+                            "`benchmarks/test_policy_latency.py`")
+
+
+def _call(b: Bench) -> str:
+    opts = b["options"] or {}
+    if not opts:
+        return "defaults"
+    return ", ".join(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}"
+                     for k, v in opts.items())
+
+
+def _contention(rows: list[Bench], base: float | None) -> str:
+    """Load average, other processes' cores and host slowdown over a set of rows."""
+    load = [b["loadavg_before"][0] for b in rows if b["loadavg_before"]]
+    other = [b["other_cpu_cores"] for b in rows if b["other_cpu_cores"] is not None]
+    slow = [x for x in (b.host_slowdown(base) for b in rows) if x is not None]
+    share = [u[1] for u in (b.uncontended(base) for b in rows) if u is not None]
+    parts = []
+    if load:
+        span = (f"{min(load):.2f}" if min(load) == max(load)
+                else f"{min(load):.2f}-{max(load):.2f}")
+        parts.append(f"1-minute load average {span} before the rows")
+    if other:
+        parts.append(f"other processes kept {np.median(other):.2f} cores busy (median; max "
+                     f"{max(other):.2f}) of {os.cpu_count()} during the timed rounds")
+    if slow:
+        parts.append(f"host slowdown {min(slow):.2f}-{max(slow):.2f}×")
+    if share:
+        parts.append(f"{min(share):.0%}-{max(share):.0%} of the rounds uncontended")
+    return ("Contention during these rows: " + "; ".join(parts) + ".") if parts else ""
+
+
+def policy_section(rows: list[Bench], note: str | None, base: float | None
+                   ) -> tuple[str, dict]:
+    if not rows:
+        return ("_No candidate-policy rows: run `python -m pytest "
+                "benchmarks/test_policy_latency.py` (see docs/benchmarks.md)._"), {}
+    figures = {"rows": []}
+
+    def cells(b: Bench) -> list:
+        unc = b.uncontended(base)
+        figures["rows"].append({
+            "bundle": b["bundle"], "call": _call(b), "policy": b["policy"],
+            "categories": b["categories"], "category_filter": b["category_filter"],
+            "median_s": b.median, "uncontended": unc, "p90_s": b.p90, "p99_s": b.p99,
+            "host_slowdown": b.host_slowdown(base), "candidates": b["candidates"],
+            "catalog_share": b["catalog_share"], "knn_items": b["knn_items"],
+            "rounds": b.rounds})
+        return [t(b.median), uncontended(unc), t(b.p90), t(b.p99),
+                slowdown(b.host_slowdown(base)), f"{b['candidates']:,.0f}",
+                f"{100 * b['catalog_share']:.2f}%"]
+
+    timing = ["median", "median of the uncontended rounds (share)", "p90", "p99",
+              "host slowdown", "candidates", "catalog share"]
+    hier = [b for b in rows if b["role"] == "hiersrec"]
+    hybrid = [b for b in rows if b["role"] in ("hybrid", "baseline")]
+    lines = [
+        "`Recommender.recommend()` on trained bundles under each candidate policy, on the "
+        "test sessions of their data set (all events but the last; the same sessions for "
+        "every bundle of one data set), one thread. Options a row does not name take the "
+        "bundle's defaults; the columns give the options in effect. candidates = rows the "
+        "model scored per call (mean; on a session-kNN bundle, the items its kernel "
+        "scored), catalog share = candidates / items.",
+        "",
+        *([note, ""] if note else []),
+        _contention(rows, base),
+        "",
+    ]
+    if hier:
+        lines += [
+            "**HierSRec** (an encoder that also predicts categories): `neighbors` merges "
+            "the session items' neighbor rows; `categories` takes the items of the top K "
+            "predicted categories (at most the cap, most popular first within a category); "
+            "the category filter keeps the candidates of the session's categories "
+            "(`session`), of the top K predicted ones (`predicted`) or all (`none`).",
+            "",
+            table(["bundle", "items", "call", "policy", "K", "category filter", "cap",
+                   "backend", *timing, "rounds"],
+                  [[b["bundle"], f"{b['n_items']:,}", _call(b), b["policy"],
+                    b["categories"] if b["categories"] is not None else "–",
+                    b["category_filter"],
+                    f"{b['max_candidates']:,}" if b["max_candidates"] is not None else "–",
+                    b["backend"], *cells(b), b.rounds] for b in hier]),
+            "",
+        ]
+    if hybrid:
+        lines += [
+            "**Hybrid bundles** (an encoder and a session index) with their defaults "
+            "(`sessions`: the session-kNN kernel's top `cap` items, scored by the model, "
+            "the normalised kNN score added with weight `knn_weight`) and with "
+            "`candidates=\"neighbors\"`, next to the plain neural bundle and the "
+            "session-kNN bundle of the same data with their defaults. kNN items = items "
+            "the session-kNN stage scored before the model (the `sessions` policy only).",
+            "",
+            table(["bundle", "model", "data", "items", "call", "policy", "category filter",
+                   "cap", "knn_weight", "backend", *timing, "kNN items", "rounds"],
+                  [[b["bundle"], b["model"], b["dataset"], f"{b['n_items']:,}", _call(b),
+                    b["policy"], b["category_filter"],
+                    f"{b['max_candidates']:,}" if b["max_candidates"] is not None else "–",
+                    f"{b['knn_weight']:g}" if b["knn_weight"] is not None else "–",
+                    b["backend"], *cells(b),
+                    f"{b['knn_items']:.0f}" if b["knn_items"] is not None else "–",
+                    b.rounds] for b in hybrid]),
+        ]
     return "\n".join(lines), figures
 
 
@@ -714,6 +838,7 @@ def build(results: Path, out: Path, plot_path: Path | None = None) -> dict:
         plot(benches, meta, plot_path)
     head, figures = headline(benches, meta) if benches else ("_no latency results_", {})
     sknn_text, sknn_figures = sknn_section(*sknn_results(results, benches))
+    policy_text, policy_figures = policy_section(*policy_results(results, benches))
     m = meta.get("machine", {})
     v = m.get("versions", {})
     prof = meta.get("profile", {})
@@ -843,6 +968,10 @@ def build(results: Path, out: Path, plot_path: Path | None = None) -> dict:
         "",
         sknn_text,
         "",
+        "## Candidate policies and hybrid bundles (trained bundles)",
+        "",
+        policy_text,
+        "",
         "### Hostile input (string-id catalog of the reference size, default Limits)",
         "",
         hostile_table(benches),
@@ -890,6 +1019,8 @@ def build(results: Path, out: Path, plot_path: Path | None = None) -> dict:
     out.write_text("\n".join(doc))
     if sknn_figures:
         figures = {**figures, "sknn": sknn_figures}
+    if policy_figures:
+        figures = {**figures, "policies": policy_figures}
     summary = {"figures": figures, "meta": meta,
                "benchmarks": [{"name": b.name, "median_s": b.median, "p99_s": b.p99,
                                "rounds": b.rounds, **b.info} for b in benches]}
