@@ -89,6 +89,17 @@ static inline void slot_sift_up(int32_t *h, const float *sim, const int32_t *ses
     }
 }
 
+/* Slot s of R now holds session j, met first at session position p with similarity term
+ * pi (a new slot, or the slot of the session it evicts). */
+static inline void slot_fill(const sr_sknn_scratch *sc, int32_t s, int32_t j, float pi,
+                             int32_t p, uint32_t epoch) {
+    sc->session_mark[j] = epoch;
+    sc->session_slot[j] = s;
+    sc->slot_session[s] = j;
+    sc->slot_sim[s] = pi;
+    sc->slot_pos[s] = p;
+}
+
 /* The bounds [*lo, *hi) of list `i` of an indptr over `n_data` entries; 0 if they are not
  * 0 <= lo <= hi <= n_data, with the position of the bad entry in *bad_pos (i if lo is out
  * of [0, n_data], else i + 1). */
@@ -152,7 +163,7 @@ int32_t sr_sknn_top_k(const sr_sknn_index *index, const sr_sknn_query *query,
     /* 2. candidate sessions */
     uint32_t *session_mark = sc->session_mark;
     int32_t *session_slot = sc->session_slot, *heap = sc->heap;
-    int32_t *slot_session = sc->slot_session, *slot_pos = sc->slot_pos;
+    const int32_t *slot_session = sc->slot_session, *slot_pos = sc->slot_pos;
     float *slot_sim = sc->slot_sim;
     int32_t n_r = 0;
     for (int32_t i = 0; i < u; i++) {
@@ -168,22 +179,14 @@ int32_t sr_sknn_top_k(const sr_sknn_index *index, const sr_sknn_query *query,
                 int32_t s = session_slot[j];
                 slot_sim[s] = slot_sim[s] + pi;
             } else if (n_r < cap) {
-                session_mark[j] = epoch;
-                session_slot[j] = n_r;
-                slot_session[n_r] = j;
-                slot_sim[n_r] = pi;
-                slot_pos[n_r] = p;
+                slot_fill(sc, n_r, j, pi, p, epoch);
                 heap[n_r] = j;
                 id_sift_up(heap, n_r);
                 n_r++;
             } else if (j > heap[0]) {
-                const int32_t old = heap[0], s = session_slot[old];
+                const int32_t old = heap[0];
                 session_mark[old] = 0;  /* forgotten: 0 is never a call's stamp */
-                session_mark[j] = epoch;
-                session_slot[j] = s;
-                slot_session[s] = j;
-                slot_sim[s] = pi;
-                slot_pos[s] = p;
+                slot_fill(sc, session_slot[old], j, pi, p, epoch);
                 heap[0] = j;
                 id_sift_down(heap, n_r, 0);
             } else {

@@ -84,6 +84,18 @@ def _slot_sift_up(h, sim, sess, i):
         i = p
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _slot_fill(session_mark, session_slot, slot_session, slot_sim, slot_pos, s, j, pi, p,
+               epoch):
+    """Slot s of R now holds session j, met first at session position p with similarity
+    term pi (a new slot, or the slot of the session it evicts)."""
+    session_mark[j] = epoch
+    session_slot[j] = s
+    slot_session[s] = j
+    slot_sim[s] = pi
+    slot_pos[s] = p
+
+
 @numba.njit(cache=True, nogil=True)
 def _first_out_of_range(rows, n_items):
     """-1 if every row is in [0, n_items), else the index of the first bad one."""
@@ -170,23 +182,16 @@ def sr_sknn_top_k(item_indptr, item_sessions, session_indptr, session_items, ite
                 s = session_slot[j]
                 slot_sim[s] = slot_sim[s] + pi
             elif n_r < cap:
-                session_mark[j] = epoch
-                session_slot[j] = n_r
-                slot_session[n_r] = j
-                slot_sim[n_r] = pi
-                slot_pos[n_r] = p
+                _slot_fill(session_mark, session_slot, slot_session, slot_sim, slot_pos, n_r,
+                           j, pi, p, epoch)
                 heap[n_r] = j
                 _id_sift_up(heap, n_r)
                 n_r += 1
             elif j > heap[0]:
                 old = heap[0]
-                s = session_slot[old]
                 session_mark[old] = 0
-                session_mark[j] = epoch
-                session_slot[j] = s
-                slot_session[s] = j
-                slot_sim[s] = pi
-                slot_pos[s] = p
+                _slot_fill(session_mark, session_slot, slot_session, slot_sim, slot_pos,
+                           session_slot[old], j, pi, p, epoch)
                 heap[0] = j
                 _id_sift_down(heap, n_r, 0)
             else:
