@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 #: Largest |batched - alone| allowed on any output value of a batched encoder. Not 0: ONNX
-#: Runtime's matrix products pick their blocking by row count, so a batch may sum in
-#: another order than one session alone (float32 rounding, seen from about ten items on).
+#: Runtime's kernels may sum in another order when a run holds more rows, so a session in
+#: a batch can round otherwise in the last bits than alone (seen on sessions of about ten
+#: items and more).
 BATCH_TOLERANCE = 1e-5
 
 

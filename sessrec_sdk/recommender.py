@@ -310,8 +310,9 @@ class Recommender:
         encoder (no known item, a session-kNN bundle) skip it.
 
         The answers are recommend()'s, except that a batched encoder run may round in the
-        last bits otherwise than a run of one session (ONNX Runtime's matrix products
-        block by row count); the export bounds that by 1e-5 per output value
+        last bits otherwise than a run of one session (ONNX Runtime's kernels may sum in
+        another order when a run holds more rows); the export bounds that by 1e-5 per
+        output value
         (export_tools.onnx_export.BATCH_TOLERANCE), so scores may differ by about as
         much, and items whose scores are that close may swap.
 
