@@ -96,6 +96,30 @@ def test_equals_recommend_on_each_trained_model(name, real_slice, trained):
                 [rec.recommend(s, k=7, **options) for s in sessions])
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_long_windows_within_the_tolerance(name, real_slice, trained, tmp_path):
+    """The exported bundles read 3-item windows; with the window raised to 30 items (the
+    encoders take any length) batches of long sessions may round otherwise in the last
+    bits: ids stay the same, scores within SCORE_TOLERANCE."""
+    from sessrec_sdk.bundle import update_manifest
+
+    _, _, catalog, inputs, _ = real_slice
+    _, _, bundle, _ = trained(name)
+    path = tmp_path / "long"
+    shutil.copytree(bundle, path)
+    inference = json.loads((path / "manifest.json").read_text())["inference"]
+    update_manifest(path, inference={**inference, "max_session_length": 30})
+    rec = Recommender.load(path)
+    ids = np.asarray(catalog.item_ids)
+    flat = np.resize(ids[np.concatenate([x for x in inputs if len(x)])], 24 * 30)  # cycled
+    sessions = [flat[i:i + n].tolist() for n in (12, 20, 30) for i in range(0, 24 * n, n)]
+    runs = count_runs(rec)
+    worst = assert_same(rec.recommend_many(sessions, k=20),
+                        [rec.recommend(s, k=20) for s in sessions])
+    print(f"{name}: 30-item windows, largest score difference {worst}")
+    assert sorted(runs)[-3:] == [24, 24, 24]
+
+
 def test_category_options_on_a_batched_category_head(real_slice, trained):
     """The category head's output (category_scores) is split per session too."""
     _, _, catalog, inputs, _ = real_slice
