@@ -49,11 +49,15 @@ class BundleSpec:
     max_session_length: int = 20
     seed: int = SEED
     row_order: str = "locality"  # as `sessrec synth` and `sessrec export` write by default
+    # the encoder takes a batch axis (manifest encoder.batch, as `sessrec export` writes);
+    # the sweeps keep the one-session encoder of their published figures
+    batch: bool = False
 
     @property
     def key(self) -> str:
         return (f"n{self.n_items}-d{self.dim}-K{self.K}-{self.dtype}"
-                f"-L{self.max_session_length}-s{self.seed}-{self.row_order}")
+                f"-L{self.max_session_length}-s{self.seed}-{self.row_order}"
+                + ("-batch" if self.batch else ""))
 
     def label(self) -> str:
         return (f"{_items(self.n_items)} items, d={self.dim}, K={self.K}, {self.dtype}, "
@@ -128,6 +132,7 @@ class Profile:
     memory_procs: int = 4
     memory_calls: int = 2000
     grainrec: bool = True            # benchmark the exported GRAINRec bundle if present
+    many_sessions: int = 1000        # sessions per recommend_many() call (test_batch.py)
     accuracy_limit: int | None = None
     # synthetic session-kNN bundles (recommend() with their defaults); real sknn bundles
     # come from SESSREC_BENCH_SKNN_BUNDLES (sknn_real_bundles) in every profile
@@ -145,7 +150,7 @@ SMOKE = Profile(
     name="smoke", ref=BundleSpec(n_items=4000, dim=32, K=20), sizes=(1000, 4000),
     dims=(16, 32), Ks=(5, 10, 20, 30), pool_size=200, max_rounds=20, min_rounds=3,
     budget_s=0.02, warmup_rounds=3, hnsw_ef_sweep=(16, 64), floor_blocks=8, memory_procs=4,
-    memory_calls=50, grainrec=False, accuracy_limit=300,
+    memory_calls=50, grainrec=False, accuracy_limit=300, many_sessions=64,
     sknn=(SknnSpec(4000, 8000, sample=100, neighbors=50),
           SknnSpec(20_000, 40_000, sample=100, neighbors=50)))
 
@@ -190,7 +195,7 @@ def ensure_bundle(spec: BundleSpec) -> Path:
         build_synthetic_bundle(out, n_items=spec.n_items, dim=spec.dim, neighbors=spec.K,
                                seed=spec.seed, dtype=spec.dtype,
                                max_session_length=spec.max_session_length,
-                               row_order=spec.row_order,
+                               row_order=spec.row_order, batch=spec.batch,
                                progress=sys.stderr.isatty())
         log(f"built {spec.key} in {time.perf_counter() - t0:.0f} s")
     return out
@@ -357,6 +362,7 @@ def all_specs(p: Profile) -> list[BundleSpec]:
     specs += [p.spec(K=k) for k in p.Ks]
     specs += [p.spec(dtype=t) for t in p.dtypes]
     specs += [p.spec(row_order=o) for o in p.row_orders]
+    specs += [p.spec(batch=True)]
     seen, out = set(), []
     for s in specs:
         if s.key not in seen:

@@ -426,7 +426,7 @@ def export_bundle(
 
     try:
         t = time.perf_counter()
-        export_encoder(model, work / "encoder.onnx")
+        report["batch_max_abs_diff"] = export_encoder(model, work / "encoder.onnx")
         report["onnx_export_seconds"] = round(time.perf_counter() - t, 2)
         write_args = dict(
             encoder=work / "encoder.onnx", popularity_scores=pop_scores,

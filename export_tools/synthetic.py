@@ -14,13 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-from sessrec_sdk.bundle import ENCODER_OUTPUT, ROW_ORDERS, SessionIndex, write_bundle
+from sessrec_sdk.bundle import (
+    DEFAULT_ENCODER_SPEC,
+    ENCODER_OUTPUT,
+    ROW_ORDERS,
+    SessionIndex,
+    write_bundle,
+)
 
 from .layout import locality_order, reorder_rows
 
 
-def synthetic_encoder(dim: int, seed: int = 0) -> bytes:
-    """Serialized ONNX model: items [1, L] int64, item_emb [1, L, dim] -> query [1, dim]."""
+def synthetic_encoder(dim: int, seed: int = 0, batch: bool = False) -> bytes:
+    """Serialized ONNX model: items [1, L] int64, item_emb [1, L, dim] -> query [1, dim]
+    (``batch``: [B, L], [B, L, dim] -> [B, dim], each row one session)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -38,11 +45,12 @@ def synthetic_encoder(dim: int, seed: int = 0) -> bytes:
         helper.make_node("Add", ["projected", "bias"], ["pre"]),
         helper.make_node("Tanh", ["pre"], [ENCODER_OUTPUT]),
     ]
+    lead = "B" if batch else 1
     graph = helper.make_graph(
         nodes, "synthetic_session_encoder",
-        [helper.make_tensor_value_info("items", TensorProto.INT64, [1, "L"]),
-         helper.make_tensor_value_info("item_emb", TensorProto.FLOAT, [1, "L", dim])],
-        [helper.make_tensor_value_info(ENCODER_OUTPUT, TensorProto.FLOAT, [1, dim])],
+        [helper.make_tensor_value_info("items", TensorProto.INT64, [lead, "L"]),
+         helper.make_tensor_value_info("item_emb", TensorProto.FLOAT, [lead, "L", dim])],
+        [helper.make_tensor_value_info(ENCODER_OUTPUT, TensorProto.FLOAT, [lead, dim])],
         initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
                               producer_name="sessrec.synthetic")
@@ -99,6 +107,7 @@ def build_synthetic_bundle(
     cluster_size: int | None = None,
     max_session_length: int = 3,
     row_order: str = "locality",
+    batch: bool = False,
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
@@ -106,7 +115,9 @@ def build_synthetic_bundle(
 
     Items are drawn in random cluster order; ``row_order="locality"`` renumbers the rows
     along the neighbor graph as the export does (export_tools.layout), "given" keeps the
-    drawn order (neighbor rows scattered over the matrix)."""
+    drawn order (neighbor rows scattered over the matrix). ``batch``: the encoder takes a
+    batch axis (manifest ``encoder.batch``), as exported models' encoders do; the default
+    writes the one-session encoder of bundles from before the key."""
     if n_items < 2:
         raise ValueError("n_items must be >= 2")
     if dtype not in ("float32", "float16"):
@@ -142,7 +153,8 @@ def build_synthetic_bundle(
 
     return write_bundle(
         out,
-        encoder=synthetic_encoder(dim, seed),
+        encoder=synthetic_encoder(dim, seed, batch),
+        encoder_io={**DEFAULT_ENCODER_SPEC, "batch": True} if batch else None,
         popularity_scores=pop_scores,
         **arrays,
         model={"kind": "synthetic", "config": {"n_items": n_items, "dim": dim, "seed": seed,

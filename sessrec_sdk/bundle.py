@@ -83,6 +83,9 @@ OPTIONAL_FILES = (ITEM_BIAS, INPUT_EMBEDDING, ITEM_CATEGORY, CATEGORY_INDPTR, CA
 #   query            float32 [1, dim]  the session vector (exactly one)
 #   category_scores  float32 [1, n]    a score per category (models with a category head)
 #   extra            float32           any other named output, handed on by name
+# "batch": true (optional, default false) says the leading axis of every input and output
+# is a symbolic batch axis B instead of 1: one run encodes B sessions of one length L, row
+# b of each output belonging to session b (Recommender.recommend_many).
 INPUT_KINDS = ("items", "item_rows", "positions", "recency")
 OUTPUT_KINDS = ("query", "category_scores", "extra")
 # v1 bundles declared no kinds: their encoder is this one
@@ -309,9 +312,10 @@ def _check_values(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> No
                                            f"values (|x| > {MAX_ABS_VALUE:g})")
 
 
-def encoder_spec(manifest: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+def encoder_spec(manifest: dict[str, Any]) -> dict[str, Any]:
     """The encoder's declared inputs and outputs ({"inputs": [{"name", "kind"}, ...],
-    "outputs": [...]}); a v1 manifest implies :data:`DEFAULT_ENCODER_SPEC`."""
+    "outputs": [...], optional "batch": bool}); a v1 manifest implies
+    :data:`DEFAULT_ENCODER_SPEC` (no batch axis)."""
     if manifest["format_version"] < 2:
         return DEFAULT_ENCODER_SPEC
     return manifest["encoder"]
@@ -338,6 +342,9 @@ def _check_encoder_spec(spec: Any, where: Path) -> None:
             raise CorruptFileError(f"{where}: encoder.{key} declares a kind twice: {kinds}")
     if not any(e["kind"] == "query" for e in outputs):
         raise CorruptFileError(f"{where}: encoder.outputs must include the 'query' kind")
+    if not isinstance(spec.get("batch", False), bool):
+        raise CorruptFileError(f"{where}: encoder.batch must be true or false, "
+                               f"got {spec['batch']!r}")
 
 
 def _check_manifest(manifest: Any, path: Path) -> None:
@@ -654,7 +661,7 @@ def write_bundle(
     data_stats: dict[str, Any] | None = None,
     tool_versions: dict[str, str] | None = None,
     row_order: str = "given",
-    encoder_io: dict[str, list[dict[str, str]]] | None = None,
+    encoder_io: dict[str, Any] | None = None,
     n_categories: int | None = None,
     session_index: SessionIndex | None = None,
     sknn: dict[str, Any] | None = None,
@@ -667,7 +674,8 @@ def write_bundle(
     "exclude_session_items", "neighbors", "candidates"}. ``row_order`` only records how the
     caller numbered the rows ("given": model/id order, "locality": export_tools.layout).
     ``encoder_io``: the encoder's named inputs and outputs with their kinds (see
-    INPUT_KINDS / OUTPUT_KINDS; default: items + item_rows -> query). An encoder with a
+    INPUT_KINDS / OUTPUT_KINDS; default: items + item_rows -> query) and whether it takes
+    a batch axis (``"batch": true``; default: one session per run). An encoder with a
     ``category_scores`` output gets the category -> items index; ``n_categories`` is the
     width of that output (default: the largest category + 1).
     ``session_index`` + ``sknn`` ({"n_sessions", "sample", ...}): the session-kNN index;

@@ -79,6 +79,9 @@ CandidatePolicy = Literal["neighbors", "categories", "sessions"]
 Ids = Sequence[Any] | np.ndarray
 
 _NO_ROWS = np.empty(0, dtype=np.int32)
+#: sessions per encoder run in recommend_many: one run's inputs stay small (this many
+#: windows of one length), and the run's fixed overhead is shared by many sessions
+BATCH_SESSIONS = 256
 # q . q above this (or NaN) means the encoder's output cannot be scored safely: with rows
 # verified to |x| <= 2**20 every dot product with such a query stays finite.
 _MAX_QUERY_SQUARED = 2.0**100
@@ -299,14 +302,43 @@ class Recommender:
     def recommend_many(self, sessions: Iterable[Ids], k: int | None = None,
                        **options: Any) -> list[Recommendation]:
         """``recommend`` for each session, in order, with the same options (offline
-        scoring, evaluation). One bundle answers them all even if ``reload`` runs
-        meanwhile. Each session is encoded on its own: bundle encoders take one session
-        per run, so the speed-up over a loop is only the per-call setup saved; for
-        throughput run calls in several threads (each call releases the GIL in the
-        kernel) or processes."""
-        served = self._served
-        one = Recommender(served)
-        return [one.recommend(s, k, **options) for s in sessions]
+        scoring, evaluation, a host answering many sessions at once). Sessions whose
+        encoder windows have the same length are encoded together, up to
+        :data:`BATCH_SESSIONS` per encoder run, so the encoder's per-run overhead is
+        shared; an encoder without a batch axis (manifest ``encoder.batch`` absent or
+        false: bundles written before it) runs once per session. Sessions that need no
+        encoder (no known item, a session-kNN bundle) skip it.
+
+        The answers are recommend()'s, except that a batched encoder run may round in the
+        last bits otherwise than a run of one session (ONNX Runtime's kernels may sum in
+        another order when a run holds more rows); the export bounds that by 1e-5 per
+        output value
+        (export_tools.onnx_export.BATCH_TOLERANCE), so scores may differ by about as
+        much, and items whose scores are that close may swap.
+
+        Every session is planned before any is encoded: bad input in any session raises
+        what ``recommend`` raises for it, and the whole call raises (no partial list).
+        One bundle answers them all even if ``reload`` runs meanwhile."""
+        one = Recommender(self._served)
+        plans = [one.plan(session, k, **options) for session in sessions]
+        s = one._served
+        results: list[Recommendation | None] = [None] * len(plans)
+        by_length: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for i, plan in enumerate(plans):
+            # the plans run() answers without the encoder (see run)
+            if s.knn_only or plan.known.size == 0 or (plan.allowed is not None
+                                                      and plan.allowed.size == 0):
+                results[i] = one.run(plan)
+            else:
+                rows = _encoder_rows(s, plan.window)
+                by_length.setdefault(len(rows), []).append((i, rows))
+        for group in by_length.values():
+            for start in range(0, len(group), BATCH_SESSIONS):
+                chunk = group[start:start + BATCH_SESSIONS]
+                outputs = s.encoder.run_batch([_encoder_inputs(s, rows) for _, rows in chunk])
+                for (i, _), out in zip(chunk, outputs):
+                    results[i] = one.run(plans[i], out)
+        return results
 
     # ------------------------------------------------------------------ the stages
 
@@ -655,9 +687,14 @@ def _encoder_rows(s: _Served, window: np.ndarray) -> np.ndarray:
 
 
 def _encode(s: _Served, window: np.ndarray) -> EncoderOutputs:
-    rows = _encoder_rows(s, window)
+    return s.encoder(*_encoder_inputs(s, _encoder_rows(s, window)))
+
+
+def _encoder_inputs(s: _Served, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The encoder's inputs for the rows it sees: rows int64 [L], item_emb float32
+    [L, d_in]."""
     item_emb = s.bundle.input_embedding.take(rows, axis=0)
-    return s.encoder(rows.astype(np.int64), item_emb.astype(np.float32, copy=False))
+    return rows.astype(np.int64), item_emb.astype(np.float32, copy=False)
 
 
 def _rows(s: _Served, ids, what: str) -> np.ndarray:

@@ -30,6 +30,7 @@ import torch
 from export_tools import data as D
 from export_tools.models import PRESETS, REGISTRY, build_model, split_config
 from export_tools.models.base import Batch, SessionModel
+from export_tools.onnx_export import BATCH_TOLERANCE
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "diginetica"
 N_ITEMS = 500  # the slice keeps events on the most popular training items
@@ -292,6 +293,16 @@ def test_onnx_encoder_matches_torch(name, real_slice, trained):
         got = sess.run(None, {"items": items.numpy(), "item_emb": rows[items.numpy()]})[0][0]
         worst = max(worst, float(np.abs(got - expected).max()))
     assert worst <= 1e-5, worst
+    # the batch axis is dynamic: a batch of ten 6-item sessions (cut from the sessions
+    # above), each row that session's query
+    assert all(isinstance(i.shape[0], str) for i in sess.get_inputs())
+    batch = np.concatenate(seqs)[:60].astype(np.int64).reshape(10, 6)
+    got = sess.run(None, {"items": batch, "item_emb": rows[batch]})[0]
+    items = torch.as_tensor(batch)
+    with torch.no_grad():
+        expected = model.encode(items, model.embed(items)).numpy()
+    assert got.shape == expected.shape and float(np.abs(got - expected).max()) <= 1e-5
+    assert 0 <= report["batch_max_abs_diff"] <= BATCH_TOLERANCE
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -303,6 +314,7 @@ def test_bundle_round_trip(name, real_slice, trained):
     rec = Recommender.load(bundle, verify=True)
     m = rec.manifest
     assert m["model"]["kind"] == name and m["model"]["config"] == model.config
+    assert m["encoder"]["batch"] is True and rec._served.encoder.batch
     assert m["neighbors_per_item"] == NEIGHBORS
     np.testing.assert_array_equal(np.sort(rec.item_ids), np.asarray(catalog.item_ids))
     ids = np.asarray(catalog.item_ids)

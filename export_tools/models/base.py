@@ -82,7 +82,8 @@ class ItemTables:
 @dataclass
 class TensorSpec:
     """One ONNX input or output: name, dtype (numpy name) and shape; a str in ``shape`` is
-    a symbolic (dynamic) axis, an int a fixed one."""
+    a symbolic (dynamic) axis ("B": sessions per run, "L": session length), an int a fixed
+    one."""
 
     name: str
     dtype: str
@@ -94,8 +95,10 @@ class ExportSpec:
     """The session encoder's ONNX signature and an example to trace it with.
 
     ``example_inputs``: tensors matching ``inputs`` (the exporter traces with them: use a
-    general example, e.g. a session with repeated items); ``max_length``: the largest
-    session length the dynamic axis ``L`` admits.
+    general example, e.g. sessions with repeated items, and for a batched encoder more than
+    one session, of a count other than the length: the exporter fixes an axis of size 1
+    and merges axes of equal size); ``max_length``: the largest session length the dynamic
+    axis ``L`` admits.
     """
 
     inputs: list[TensorSpec]
@@ -110,6 +113,12 @@ class ExportSpec:
     @property
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
+
+    @property
+    def batched(self) -> bool:
+        """Every input and output leads with the dynamic batch axis ``B``: one run
+        encodes several sessions of one length (the bundle's ``encoder.batch``)."""
+        return all(t.shape[0] == "B" for t in self.inputs + self.outputs)
 
 
 #: The v1 bundle's encoder signature (sessrec_sdk.bundle): what every model exports today.
@@ -217,36 +226,39 @@ class SessionModel(nn.Module):
         return self.query_dim if rows is None else int(rows.shape[1])
 
     def export_example(self) -> Tensor:
-        """The items of the tracing example (repeats: a general session)."""
-        items = torch.tensor([[0, 1, 0, 2, 1]], dtype=torch.int64)
+        """The items of the tracing example: two sessions of five items (repeats: general
+        sessions; two rows so that the batch axis stays dynamic)."""
+        items = torch.tensor([[0, 1, 0, 2, 1], [3, 3, 1, 4, 0]], dtype=torch.int64)
         return items.clamp(max=int(self.config["n_items"]) - 1)
 
     def export_spec(self) -> ExportSpec:
-        """ONNX signature of :meth:`encoder` (v1 bundle: items, item_emb -> query)."""
+        """ONNX signature of :meth:`encoder`: items, item_emb -> query, each row one session
+        (the encoder computes every row on its own, so a run may hold several sessions)."""
         items = self.export_example()
         with torch.no_grad():
             emb = self.embed(items)
         return ExportSpec(
-            inputs=[TensorSpec("items", "int64", (1, "L")),
-                    TensorSpec("item_emb", "float32", (1, "L", self.input_dim))],
-            outputs=[TensorSpec("query", "float32", (1, self.query_dim))],
+            inputs=[TensorSpec("items", "int64", ("B", "L")),
+                    TensorSpec("item_emb", "float32", ("B", "L", self.input_dim))],
+            outputs=[TensorSpec("query", "float32", ("B", self.query_dim))],
             example_inputs=(items, emb),
         )
 
 
-def encoder_io(model: SessionModel) -> dict[str, list[dict[str, str]]]:
+def encoder_io(model: SessionModel) -> dict[str, Any]:
     """The bundle v2 declaration of ``model``'s exported encoder (names from its export
-    spec, kinds from its ``output_kinds``)."""
+    spec, kinds from its ``output_kinds``, ``batch`` when the spec's axes lead with B)."""
     spec = model.export_spec()
     inputs = {"items": "items", "item_emb": "item_rows"}
     return {"inputs": [{"name": n, "kind": inputs[n]} for n in spec.input_names],
             "outputs": [{"name": n, "kind": model.output_kinds.get(n, "extra")}
-                        for n in spec.output_names]}
+                        for n in spec.output_names],
+            "batch": spec.batched}
 
 
 class EncoderModule(nn.Module):
     """forward(items [B, L] int64, item_emb [B, L, d_in] float32) -> query [B, d]: the
-    export face of a :class:`SessionModel` (no data-dependent shapes, dynamic L)."""
+    export face of a :class:`SessionModel` (no data-dependent shapes, dynamic B and L)."""
 
     def __init__(self, model: SessionModel):
         super().__init__()

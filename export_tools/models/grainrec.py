@@ -371,7 +371,9 @@ class EncoderForExport(EncoderModule):
     """forward(items [B, L] int64, item_emb [B, L, d] float32) -> query [B, d].
 
     The export face of :class:`GRAINRec`: no data-dependent shapes (the GRU layers use L
-    message slots, not the batch's in-degree), dynamic L.
+    message slots, not the batch's in-degree), dynamic B and L. Every op works within
+    one row of the batch (the session graph, the GRU over each node's messages, the
+    attention masks), so each session of a batch is encoded as it is alone.
 
     ONNX pitfalls of this model (handled here and in export_tools.onnx_export): torch's
     exporter keeps state after its first export of an ``nn.GRU`` and later exports in the

@@ -163,7 +163,7 @@ class HierSRec(SessionModel):
 
     def export_spec(self) -> ExportSpec:
         spec = super().export_spec()
-        spec.outputs.append(TensorSpec("category_scores", "float32", (1, self.n_categories)))
+        spec.outputs.append(TensorSpec("category_scores", "float32", ("B", self.n_categories)))
         return spec
 
     #: the bundle v2 declaration of the encoder's outputs (name -> kind)
