@@ -97,9 +97,17 @@ class SessionEncoder:
             o = outputs[e["name"]]
             want = [1, self.output_dim] if e["kind"] == "query" else [1, None]
             # the query's width must be declared as a number: a symbolic one (e.g. one that
-            # grows with the session) could match dim for one length and not another
-            fixed = e["kind"] != "query" or (o.shape is not None and len(o.shape) == 2
-                                             and o.shape[1] == self.output_dim)
+            # grows with the session) could match dim for one length and not another; the
+            # repeat scores' width is the window's length, so it must not be a number
+            if e["kind"] == "query":
+                fixed = (o.shape is not None and len(o.shape) == 2
+                         and o.shape[1] == self.output_dim)
+            elif e["kind"] == "repeat_scores":
+                fixed = o.shape is None or (len(o.shape) == 2
+                                            and not isinstance(o.shape[1], int))
+                want = [1, "L"]
+            else:
+                fixed = True
             if o.type != "tensor(float)" or not fixed or (
                     e["kind"] != "extra" and not _shape_fits(o.shape, want)):
                 raise CorruptFileError(

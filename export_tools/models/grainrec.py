@@ -232,6 +232,10 @@ class GRAINRec(SessionModel):
         differentiably); item_matrix() returns the clipped rows.
       norm_scale: NISER-style L2-normalised item vectors and query, query scaled by this.
         Both default to None (plain embeddings); norm_scale learned slower in a short test.
+      repeat_head: the model contract's learned repeat/explore head
+        (:class:`~export_tools.models.base.RepeatHead`); its per-position states are the
+        final node states mapped back to the window positions (a position takes its
+        item's node state), so the head reads the graph's view of each session item.
     """
 
     name = "grainrec"
@@ -246,6 +250,7 @@ class GRAINRec(SessionModel):
         dense: bool = True,
         emb_max_norm: float | None = None,
         norm_scale: float | None = None,
+        repeat_head: bool = False,
     ):
         super().__init__()
         layers = layers.upper()
@@ -284,6 +289,7 @@ class GRAINRec(SessionModel):
         self.readout = AttnReadout(in_dim, dim, dim, dropout)
         self.drop = nn.Dropout(dropout)
         self.fc_sr = nn.Linear(in_dim + dim, dim, bias=False)
+        self.init_repeat_head(repeat_head, in_dim)
 
     @classmethod
     def from_config(cls, config: dict) -> GRAINRec:
@@ -323,6 +329,12 @@ class GRAINRec(SessionModel):
         batch's maximum in-degree; the default (L slots) has no data-dependent shapes and is
         what gets exported. Both give identical results.
         """
+        return self.encode_states(items, item_emb, gru_slots=gru_slots)[0]
+
+    def encode_states(self, items: Tensor, item_emb: Tensor, *,
+                      gru_slots: int | None = None) -> tuple[Tensor, Tensor]:
+        """(query [B, d], position states [B, L, d_h]): :meth:`encode`'s query and the final
+        node state of each position's item (zeros at padding), for the repeat head."""
         graph = session_graph(items)
         pos_node = graph["pos_node"]  # [B, L, N]
         first = graph["first"].to(item_emb.dtype)
@@ -343,7 +355,7 @@ class GRAINRec(SessionModel):
         query = self.fc_sr(self.drop(sr))
         if self.norm_scale is not None:
             query = self.norm_scale * query / query.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return query
+        return query, torch.matmul(pos_node, feat)
 
     def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
         """LESSR: no decay on biases and activation (PReLU) slopes."""
@@ -363,12 +375,15 @@ class GRAINRec(SessionModel):
     def forward(self, items: Tensor) -> Tensor:
         """Full-catalog logits [B, n_items]."""
         slots = self.gru_slots_needed(items) if "G" in self.layer_kinds else None
-        query = self.encode(items, self.embed(items), gru_slots=slots)
-        return query @ self.item_matrix().t()
+        query, states = self.encode_states(items, self.embed(items), gru_slots=slots)
+        if self.repeat_head is None:
+            return query @ self.item_matrix().t()
+        return self.scores_with_repeats(items, query, states)
 
 
 class EncoderForExport(EncoderModule):
-    """forward(items [B, L] int64, item_emb [B, L, d] float32) -> query [B, d].
+    """forward(items [B, L] int64, item_emb [B, L, d] float32) -> query [B, d] (and the
+    repeat logits [B, L] with the repeat head).
 
     The export face of :class:`GRAINRec`: no data-dependent shapes (the GRU layers use L
     message slots, not the batch's in-degree), dynamic L.
