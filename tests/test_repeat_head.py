@@ -5,6 +5,7 @@ declaration.
 
 The trained model is the contract suite's tiny ``grainrec+repeat_head`` run on its real
 Diginetica slice (tests/test_model_contract.py fixtures, reused here)."""
+# ruff: noqa: F811  (the imported fixtures are test parameters of the same names)
 from __future__ import annotations
 
 import json
