@@ -19,8 +19,9 @@ Rows of the table (method names are stable, scripts read them from the JSON):
   <model>/full               the torch model over the whole catalog (needs --checkpoint),
                              with its training-time session handling
   <model>/full-sdk-query     the bundle's query (SDK session handling) over the whole
-                             catalog: separates the cost of candidates from that of the
-                             session truncation/filter
+                             catalog, plus the learned repeat bonus of the encoded window's
+                             items if the encoder has a repeat output: separates the cost of
+                             candidates from that of the session truncation/filter
   <model>/full-sdk-post      the same, after the SDK's post-processing with the bundle's
                              defaults (session items excluded if the bundle does, the same
                              category filter): ``<model>/sdk`` differs from it only by the
