@@ -282,9 +282,9 @@ def full_catalog_ranks_sdk(rec, inputs, targets, progress: bool, block: int = 51
                 scores += bias
             for j, repeats in enumerate(learned):
                 if repeats is not None and repeats[0].size:
-                    r_rows, bonus = repeats
+                    r_rows, learned_bonus = repeats
                     scores[j, torch.from_numpy(r_rows.astype(np.int64))] += \
-                        torch.from_numpy(bonus)
+                        torch.from_numpy(learned_bonus)
             ok = has_q & (target_rows[idx] >= 0)
             rows = torch.from_numpy(np.maximum(target_rows[idx], 0).astype(np.int64))
             r = rank_in_scores(scores, scores.gather(1, rows[:, None])[:, 0]).numpy()

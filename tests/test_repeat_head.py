@@ -210,3 +210,53 @@ def test_damaged_repeat_output_declaration_is_refused(trained, tmp_path, damage,
     mpath.write_text(json.dumps(m, indent=2))
     with pytest.raises(CorruptFileError, match=match):
         Recommender.load(copy)
+
+
+@pytest.mark.parametrize("defaults", [{}, {"exclude_session_items": False,
+                                           "repeat_bonus": 0.5}])
+def test_full_sdk_rankings_add_the_learned_bonus(real_slice, trained, tmp_path, defaults):
+    """``sessrec evaluate``'s full-sdk rows on a bundle with the head: the plain ranking is
+    the model's own full-catalog ranking of the SDK's window (learned bonus included); the
+    post-processed one then drops the known session items (the exported default) or adds
+    the bundle's scalar repeat bonus to them (``defaults`` changed so), and applies the
+    default category filter."""
+    from export_tools.evaluate import full_catalog_ranks_sdk
+    from export_tools.metrics import MISS
+    from sessrec_sdk.bundle import update_manifest
+
+    _, _, catalog, inputs, targets = real_slice
+    _, model, bundle, _ = trained(HEAD)
+    if defaults:
+        shutil.copytree(bundle, tmp_path / "bundle")
+        bundle = tmp_path / "bundle"
+        m = json.loads((bundle / "manifest.json").read_text())
+        update_manifest(bundle, defaults={**m["defaults"], **defaults})
+    rec = Recommender.load(bundle)
+    defaults = rec.manifest["defaults"]
+    cat_filter, exclude = defaults["category_filter"], defaults["exclude_session_items"]
+    cats = np.asarray(catalog.categories)
+    bonus = np.float32(defaults.get("repeat_bonus", 0.0))
+    ids = np.asarray(catalog.item_ids)
+    xs = [ids[x] for x in inputs[:150]]
+    plain, post = full_catalog_ranks_sdk(rec, xs, ids[targets[:150]], progress=False)
+    expected_plain, expected_post = [], []
+    for x, t in zip(inputs[:150], targets[:150]):
+        if not len(x):
+            expected_plain.append(MISS)
+            expected_post.append(MISS)
+            continue
+        enc_rows = catalog.rows(rec.item_ids[rec.session_rows(ids[x])])
+        with torch.no_grad():
+            full = model(torch.as_tensor(enc_rows[None].astype(np.int64)))[0].numpy()
+        expected_plain.append(int((full > full[t]).sum()))
+        if exclude:
+            full[np.unique(x)] = -np.inf
+        else:
+            full[np.unique(x)] += bonus
+        if cat_filter != "none":
+            window = x[-rec._served.max_length:]
+            kept = cats[window[-1:]] if cat_filter == "last" else cats[window]
+            full[~np.isin(cats, kept)] = -np.inf
+        expected_post.append(int((full > full[t]).sum()) if np.isfinite(full[t]) else MISS)
+    assert np.mean(plain == np.array(expected_plain)) >= 0.98  # float near-ties aside
+    assert np.mean(post == np.array(expected_post)) >= 0.98
