@@ -87,6 +87,27 @@ def test_head_trains_and_is_off_by_default(name):
         assert p.grad is not None and float(p.grad.abs().sum()) > 0
 
 
+@pytest.mark.parametrize("name", ["grainrec", "attenmixer"])
+def test_explore_weight_adds_the_explore_logits_own_cross_entropy(name):
+    from export_tools.models.base import Batch
+
+    torch.manual_seed(0)
+    model = build_model(name, N, {"dim": 16, "repeat_head": True,
+                                  "repeat_explore_weight": 0.5}).eval()
+    items, targets = pad(SEQS), torch.tensor([3, 2, 1, 11])
+    total, parts = model.loss(Batch(items=items, targets=targets))
+    with torch.no_grad():
+        full = model(items)
+        explore = model.scores(model.encode(items, model.embed(items)))
+    ce = torch.nn.functional.cross_entropy(full, targets)
+    explore_ce = torch.nn.functional.cross_entropy(explore, targets)
+    torch.testing.assert_close(parts["ce"].detach(), ce)
+    torch.testing.assert_close(parts["explore_ce"].detach(), explore_ce)
+    torch.testing.assert_close(total.detach(), ce + 0.5 * explore_ce)
+    with pytest.raises(ValueError, match="repeat_explore_weight"):
+        build_model(name, N, {"dim": 16, "repeat_explore_weight": 0.5})
+
+
 def test_export_parity_covers_the_repeat_output(real_slice, trained):
     """The export compares the encoder's repeat scores with the torch logits: a model whose
     repeat head differs from the exported one fails the check."""

@@ -51,14 +51,14 @@ class AttenMixer(SessionModel):
     ``lp`` = p of the L_p pooling, ``scale`` = sigma, ``dropout`` on the session items'
     embeddings and on the session vector in training. ``repeat_head``: the model
     contract's learned repeat/explore head, reading the normalised embedding ``h~_i`` of
-    each position.
+    each position (``repeat_explore_weight``: see ``SessionModel.init_repeat_head``).
     """
 
     name = "attenmixer"
 
     def __init__(self, n_items: int, dim: int = 256, levels: int = 7, heads: int = 8,
                  lp: float = 4.0, scale: float = 12.0, dropout: float = 0.1,
-                 repeat_head: bool = False):
+                 repeat_head: bool = False, repeat_explore_weight: float = 0.0):
         super().__init__()
         if n_items < 1 or dim < 1 or levels < 1 or heads < 1:
             raise ValueError("n_items, dim, levels and heads must be positive")
@@ -79,7 +79,7 @@ class AttenMixer(SessionModel):
         self.value = nn.Linear(dim, dim, bias=False)
         self.mix = nn.Linear(2 * dim, dim, bias=False)
         self.drop = nn.Dropout(dropout)
-        self.init_repeat_head(repeat_head, dim)
+        self.init_repeat_head(repeat_head, dim, repeat_explore_weight)
 
     # -- item side -----------------------------------------------------------------------
     def input_rows(self) -> Tensor:

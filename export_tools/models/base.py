@@ -223,12 +223,22 @@ class SessionModel(nn.Module):
         """Width of the query vector (= of the scored item rows)."""
         return int(self.config["dim"])
 
-    def init_repeat_head(self, enabled: bool, state_dim: int) -> None:
-        """Record ``repeat_head`` in ``config`` and, if ``enabled``, add the
-        :class:`RepeatHead` over the query (the session vector) and the per-position
-        states of :meth:`encode_states` (width ``state_dim``). Call it in ``__init__``
-        after ``self.config`` is set."""
+    def init_repeat_head(self, enabled: bool, state_dim: int,
+                         explore_weight: float = 0.0) -> None:
+        """Record ``repeat_head`` and ``repeat_explore_weight`` in ``config`` and, if
+        ``enabled``, add the :class:`RepeatHead` over the query (the session vector) and the
+        per-position states of :meth:`encode_states` (width ``state_dim``). Call it in
+        ``__init__`` after ``self.config`` is set.
+
+        ``explore_weight`` > 0 adds to the training loss the cross-entropy of the explore
+        logits alone (the scores without ``R``), times this weight: the query then stays a
+        complete next-item model by itself (as without the head) and the head adds the
+        repeats on top; 0 trains only the combined logits."""
+        if explore_weight < 0 or (explore_weight and not enabled):
+            raise ValueError("repeat_explore_weight must be >= 0, and > 0 only with "
+                             "repeat_head")
         self.config["repeat_head"] = bool(enabled)
+        self.config["repeat_explore_weight"] = float(explore_weight)
         if enabled:
             self.repeat_head = RepeatHead(self.query_dim, state_dim, self.query_dim)
 
@@ -238,9 +248,20 @@ class SessionModel(nn.Module):
 
     # -- train -----------------------------------------------------------------------------
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        """(total loss, named parts); default: full-softmax next-item cross-entropy."""
-        ce = nn.functional.cross_entropy(self(batch.items), batch.targets)
-        return ce, {"ce": ce}
+        """(total loss, named parts); default: full-softmax next-item cross-entropy, plus
+        with the repeat head's ``repeat_explore_weight`` that of the explore logits alone
+        (:meth:`init_repeat_head`)."""
+        weight = self.config.get("repeat_explore_weight", 0.0)
+        if self.repeat_head is None or not weight:
+            ce = nn.functional.cross_entropy(self(batch.items), batch.targets)
+            return ce, {"ce": ce}
+        query, states = self.encode_batch(batch.items)
+        explore = self.scores(query)
+        repeat = self.repeat_logits(batch.items, query, states)
+        full = explore + repeat_item_scores(batch.items, repeat, int(self.config["n_items"]))
+        ce = nn.functional.cross_entropy(full, batch.targets)
+        explore_ce = nn.functional.cross_entropy(explore, batch.targets)
+        return ce + weight * explore_ce, {"ce": ce, "explore_ce": explore_ce}
 
     def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
         """True for a parameter the optimizer must not decay (default: biases)."""
@@ -287,13 +308,22 @@ class SessionModel(nn.Module):
         return self.scores(query) + repeat_item_scores(items, repeat,
                                                        int(self.config["n_items"]))
 
+    def encode_batch(self, items: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(query, position states, or None without the repeat head) of a padded batch,
+        eager (what :meth:`forward` and :meth:`loss` use; a model may specialise it for
+        training speed, e.g. GRAINRec's GRU slots)."""
+        emb = self.embed(items)
+        if self.repeat_head is None:
+            return self.encode(items, emb), None
+        return self.encode_states(items, emb)
+
     def forward(self, items: Tensor) -> Tensor:
         """Full-catalog scores [B, n_items] of the padded sessions ``items`` (with the
         repeat head's bonus of the session items when it is on)."""
-        emb = self.embed(items)
-        if self.repeat_head is None:
-            return self.scores(self.encode(items, emb))
-        return self.scores_with_repeats(items, *self.encode_states(items, emb))
+        query, states = self.encode_batch(items)
+        if states is None:
+            return self.scores(query)
+        return self.scores_with_repeats(items, query, states)
 
     # -- export ----------------------------------------------------------------------------
     def encoder(self) -> nn.Module:

@@ -236,6 +236,8 @@ class GRAINRec(SessionModel):
         (:class:`~export_tools.models.base.RepeatHead`); its per-position states are the
         final node states mapped back to the window positions (a position takes its
         item's node state), so the head reads the graph's view of each session item.
+        repeat_explore_weight: weight of the explore logits' own cross-entropy in the loss
+        (:meth:`~export_tools.models.base.SessionModel.init_repeat_head`).
     """
 
     name = "grainrec"
@@ -251,6 +253,7 @@ class GRAINRec(SessionModel):
         emb_max_norm: float | None = None,
         norm_scale: float | None = None,
         repeat_head: bool = False,
+        repeat_explore_weight: float = 0.0,
     ):
         super().__init__()
         layers = layers.upper()
@@ -289,7 +292,7 @@ class GRAINRec(SessionModel):
         self.readout = AttnReadout(in_dim, dim, dim, dropout)
         self.drop = nn.Dropout(dropout)
         self.fc_sr = nn.Linear(in_dim + dim, dim, bias=False)
-        self.init_repeat_head(repeat_head, in_dim)
+        self.init_repeat_head(repeat_head, in_dim, repeat_explore_weight)
 
     @classmethod
     def from_config(cls, config: dict) -> GRAINRec:
@@ -372,13 +375,12 @@ class GRAINRec(SessionModel):
     def encoder(self) -> nn.Module:
         return EncoderForExport(self)
 
-    def forward(self, items: Tensor) -> Tensor:
-        """Full-catalog logits [B, n_items]."""
+    def encode_batch(self, items: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(query, position states or None) with the GRU slots capped at the batch's
+        maximum in-degree (eager training and ranking; same results as the export's L)."""
         slots = self.gru_slots_needed(items) if "G" in self.layer_kinds else None
         query, states = self.encode_states(items, self.embed(items), gru_slots=slots)
-        if self.repeat_head is None:
-            return query @ self.item_matrix().t()
-        return self.scores_with_repeats(items, query, states)
+        return query, (None if self.repeat_head is None else states)
 
 
 class EncoderForExport(EncoderModule):
