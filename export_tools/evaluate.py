@@ -19,8 +19,9 @@ Rows of the table (method names are stable, scripts read them from the JSON):
   <model>/full               the torch model over the whole catalog (needs --checkpoint),
                              with its training-time session handling
   <model>/full-sdk-query     the bundle's query (SDK session handling) over the whole
-                             catalog: separates the cost of candidates from that of the
-                             session truncation/filter
+                             catalog, plus the learned repeat bonus of the encoded window's
+                             items if the encoder has a repeat output: separates the cost of
+                             candidates from that of the session truncation/filter
   <model>/full-sdk-post      the same, after the SDK's post-processing with the bundle's
                              defaults (session items excluded if the bundle does, the same
                              category filter): ``<model>/sdk`` differs from it only by the
@@ -235,9 +236,11 @@ def full_catalog_ranks_sdk(rec, inputs, targets, progress: bool, block: int = 51
     """Ranks of the targets among all items scored with the SDK's own query vector:
     (plain, after the SDK's post-processing with the bundle's defaults).
 
-    Post-processing as ``Recommender.recommend`` does it: the session's known items are
-    excluded when the bundle's default says so (otherwise they get its repeat bonus), and
-    items outside the default category
+    A bundle whose encoder has a learned repeat output scores the encoded window's items
+    with their learned bonus added in both rankings (the model's own score of a repeat,
+    ``Recommender.learned_repeats``). Post-processing as ``Recommender.recommend`` does
+    it: the session's known items are excluded when the bundle's default says so
+    (otherwise they get its repeat bonus), and items outside the default category
     filter's categories (of the encoded window) are dropped; a target removed that way is
     a miss. A session without a known item has no query: a miss in both rankings."""
     import torch
@@ -264,17 +267,24 @@ def full_catalog_ranks_sdk(rec, inputs, targets, progress: bool, block: int = 51
         idx = np.arange(start, min(start + block, len(targets)))
         queries = np.zeros((len(idx), d), dtype=np.float32)
         has_q = np.zeros(len(idx), dtype=bool)
-        knowns = []
+        knowns, learned = [], []
         for j, i in enumerate(idx):
             known = ids.known(ids.coerce(inputs[i]))[0]
             knowns.append(known)
-            q = rec.query(inputs[i]) if known.size else None
-            if q is not None:
-                queries[j], has_q[j] = q, True
+            plan = rec.plan(inputs[i])
+            outputs = rec.encode(plan) if known.size else None
+            learned.append(None if outputs is None else rec.learned_repeats(plan, outputs))
+            if outputs is not None:
+                queries[j], has_q[j] = outputs[served.query_name], True
         with torch.no_grad():
             scores = torch.from_numpy(queries) @ matrix.T
             if bias is not None:
                 scores += bias
+            for j, repeats in enumerate(learned):
+                if repeats is not None and repeats[0].size:
+                    r_rows, learned_bonus = repeats
+                    scores[j, torch.from_numpy(r_rows.astype(np.int64))] += \
+                        torch.from_numpy(learned_bonus)
             ok = has_q & (target_rows[idx] >= 0)
             rows = torch.from_numpy(np.maximum(target_rows[idx], 0).astype(np.int64))
             r = rank_in_scores(scores, scores.gather(1, rows[:, None])[:, 0]).numpy()
@@ -353,8 +363,6 @@ class RandomCandidates:
         self.counts: list[int] = []
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        from sessrec_sdk.recommender import _merge
-
         rec = self.rec
         plan = rec.plan(x, k=self.k, candidates="categories", categories=self.K,
                         **self.options)
@@ -370,10 +378,7 @@ class RandomCandidates:
         q = q._replace(candidates=cands.astype(np.int32))
         rows, scores, n_cand = rec.score(plan, q)
         if not plan.exclude_session_items:
-            r_rows, r_scores, r_cand = rec.score(plan, rec.repeat_query(plan, q))
-            rows, scores = _merge(rows, scores, r_rows,
-                                  r_scores + np.float32(plan.repeat_bonus), q.k)
-            n_cand += r_cand
+            rows, scores, n_cand = rec.add_repeats(plan, outputs, q, rows, scores, n_cand)
         self.counts.append(int(n_cand))
         return plan.served.bundle.ids.external(rows)
 

@@ -267,33 +267,52 @@ def check_parity(bundle: Path, model, catalog: D.Catalog, sessions: list[np.ndar
     """Max |SDK score - torch score| over the candidates of each session; raises above
     PARITY_TOLERANCE.
 
-    The reference is the torch model's own scoring (``model.encode`` and ``model.scores``),
-    not the exported tables, so a wrong table (scale, normalisation, bias, row order) shows
-    up here. A float16 bundle is checked against the torch query times the model's rows
-    rounded to float16 (+ bias); the report adds how far rounding moved the scores."""
+    The reference is the torch model's own scoring (``model.encode`` and ``model.scores``,
+    plus the repeat head's bonus of the window's items when the model has one), not the
+    exported tables, so a wrong table (scale, normalisation, bias, row order) shows up
+    here. The encoder's repeat output is also compared with the torch repeat logits
+    position by position (``max_abs_repeat_diff``). A float16 bundle is checked against
+    the torch query times the model's rows rounded to float16 (+ bias); the report adds
+    how far rounding moved the scores."""
     import torch
 
     from sessrec_sdk import Recommender
 
+    from .models.base import repeat_item_scores
+
     rec = Recommender.load(bundle)
+    repeat_name = rec._served.repeat_name
+    if (repeat_name is None) != (model.repeat_head is None):
+        raise ParityError("the bundle's encoder and the model disagree on the repeat head")
     half = rec.manifest["item_dtype"] == "float16"
     with torch.no_grad():
         model_matrix = model.item_matrix().detach().float()
         bias = model.item_bias()
     half_matrix = model_matrix.half().float() if half else None
-    worst_query = worst_score = worst_rounding = 0.0
+    worst_query = worst_score = worst_rounding = worst_repeat = 0.0
     ids = np.asarray(catalog.item_ids)
     for rows in sessions:
         session = ids[rows]
         # the rows the SDK encodes, as model rows (a bundle may number its rows otherwise)
         enc_rows = catalog.rows(rec.item_ids[rec.session_rows(session)])
         items = torch.as_tensor(enc_rows[None].astype(np.int64))
+        learned = 0.0
         with torch.no_grad():
-            q = model.encode(items, model.embed(items))
-            exact_all = model.scores(q)[0]
+            emb = model.embed(items)
+            if repeat_name is None:
+                q = model.encode(items, emb)
+            else:
+                q, states = model.encode_states(items, emb)
+                repeat = model.repeat_logits(items, q, states)
+                learned = repeat_item_scores(items, repeat, int(model.config["n_items"]))[0]
+            exact_all = model.scores(q)[0] + learned
         q_torch = q[0].numpy()
-        q_sdk = rec.query(session)
+        outputs = rec.encode(rec.plan(session))
+        q_sdk = outputs[rec._served.query_name]
         worst_query = max(worst_query, float(np.abs(q_sdk - q_torch).max()))
+        if repeat_name is not None:
+            worst_repeat = max(worst_repeat, float(np.abs(outputs[repeat_name]
+                                                          - repeat[0].numpy()).max()))
         out = rec.recommend(session, k=50, category_filter="none",
                             exclude_session_items=False)
         out_rows = torch.as_tensor(catalog.rows(out.item_ids).astype(np.int64))
@@ -302,6 +321,8 @@ def check_parity(bundle: Path, model, catalog: D.Catalog, sessions: list[np.ndar
             expected = (half_matrix[out_rows] @ q[0]).numpy()
             if bias is not None:
                 expected = expected + bias.detach()[out_rows].numpy()
+            if repeat_name is not None:
+                expected = expected + learned[out_rows].numpy()
             worst_rounding = max(worst_rounding, float(np.abs(expected - exact).max()))
         else:
             expected = exact
@@ -310,9 +331,12 @@ def check_parity(bundle: Path, model, catalog: D.Catalog, sessions: list[np.ndar
               "max_abs_score_diff": worst_score, "tolerance": PARITY_TOLERANCE}
     if half:
         result["max_abs_float16_rounding"] = worst_rounding
-    if worst_score > PARITY_TOLERANCE or worst_query > PARITY_TOLERANCE:
+    if repeat_name is not None:
+        result["max_abs_repeat_diff"] = worst_repeat
+    if max(worst_score, worst_query, worst_repeat) > PARITY_TOLERANCE:
         raise ParityError(f"ONNX+SDK scores differ from torch by {worst_score:.2e} (query "
-                          f"{worst_query:.2e}) > {PARITY_TOLERANCE}: bundle not written")
+                          f"{worst_query:.2e}, repeat scores {worst_repeat:.2e}) > "
+                          f"{PARITY_TOLERANCE}: bundle not written")
     return result
 
 

@@ -82,12 +82,17 @@ OPTIONAL_FILES = (ITEM_BIAS, INPUT_EMBEDDING, ITEM_CATEGORY, CATEGORY_INDPTR, CA
 # Output kinds:
 #   query            float32 [1, dim]  the session vector (exactly one)
 #   category_scores  float32 [1, n]    a score per category (models with a category head)
+#   repeat_scores    float32 [1, L]    a repeat logit per window position (models with the
+#                                      learned repeat head): a session item of the window
+#                                      gets the largest of its positions' added to its score
 #   extra            float32           any other named output, handed on by name
 # "batch": true (optional, default false) says the leading axis of every input and output
 # is a symbolic batch axis B instead of 1: one run encodes B sessions of one length L, row
 # b of each output belonging to session b (Recommender.recommend_many).
 INPUT_KINDS = ("items", "item_rows", "positions", "recency")
-OUTPUT_KINDS = ("query", "category_scores", "extra")
+OUTPUT_KINDS = ("query", "category_scores", "repeat_scores", "extra")
+# output kinds an encoder declares at most once (query: exactly once)
+UNIQUE_OUTPUT_KINDS = ("query", "category_scores", "repeat_scores")
 # v1 bundles declared no kinds: their encoder is this one
 ENCODER_INPUTS = ("items", "item_emb")
 ENCODER_OUTPUT = "query"
@@ -336,7 +341,7 @@ def _check_encoder_spec(spec: Any, where: Path) -> None:
     if len(set(names)) != len(names):
         raise CorruptFileError(f"{where}: encoder names must be unique, got {names}")
     for key, group, unique in (("inputs", inputs, INPUT_KINDS),
-                               ("outputs", outputs, ("query", "category_scores"))):
+                               ("outputs", outputs, UNIQUE_OUTPUT_KINDS)):
         kinds = [e["kind"] for e in group if e["kind"] in unique]
         if len(set(kinds)) != len(kinds):
             raise CorruptFileError(f"{where}: encoder.{key} declares a kind twice: {kinds}")

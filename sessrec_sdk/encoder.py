@@ -107,9 +107,17 @@ class SessionEncoder:
             o = outputs[e["name"]]
             want = [lead, self.output_dim] if e["kind"] == "query" else [lead, None]
             # the query's width must be declared as a number: a symbolic one (e.g. one that
-            # grows with the session) could match dim for one length and not another
-            fixed = e["kind"] != "query" or (o.shape is not None and len(o.shape) == 2
-                                             and o.shape[1] == self.output_dim)
+            # grows with the session) could match dim for one length and not another; the
+            # repeat scores' width is the window's length, so it must not be a number
+            if e["kind"] == "query":
+                fixed = (o.shape is not None and len(o.shape) == 2
+                         and o.shape[1] == self.output_dim)
+            elif e["kind"] == "repeat_scores":
+                fixed = o.shape is None or (len(o.shape) == 2
+                                            and not isinstance(o.shape[1], int))
+                want = [lead, "L"]
+            else:
+                fixed = True
             # run_batch hands row b of every output to session b
             batched = not self.batch or o.shape is None or (
                 len(o.shape) >= 1 and not isinstance(o.shape[0], int))

@@ -12,6 +12,10 @@ A request flows top to bottom through :meth:`Recommender.recommend`, which is
    and any further named outputs the bundle declares (:meth:`encode`, encoder.py);
 5. ``run``: one kernel call merges the neighbor rows of the window's items, filters them
    and keeps the top k by query . row (:meth:`kernel_query`, :meth:`score`, kernels/);
+   when session items may be returned, a second call scores them (:meth:`repeat_query`)
+   and they get the repeat bonus, plus, if the encoder has a ``repeat_scores`` output (a
+   model with the learned repeat head), each window item's learned bonus
+   (:meth:`learned_repeats`), before the two lists are merged (:meth:`add_repeats`);
 6. ``run``: rows go back to external ids in a read-only :class:`Recommendation`
    (result.py).
 
@@ -99,6 +103,7 @@ class _Served:
         self._popularity_rank: np.ndarray | None = None
         self.knn_only = scorer(m) == "sknn"
         self.encoder = self.kernel = self.query_name = self.category_name = None
+        self.repeat_name: str | None = None  # the output of kind "repeat_scores", if any
         if not self.knn_only:
             encoder = SessionEncoder(bundle.encoder_path, encoder_spec(m), m["input_dim"],
                                      m["dim"], ort_options)
@@ -106,6 +111,8 @@ class _Served:
             self.query_name = encoder.query_name  # the output of kind "query"
             self.category_name = next((name for name, kind in encoder.output_kinds.items()
                                        if kind == "category_scores"), None)
+            self.repeat_name = next((name for name, kind in encoder.output_kinds.items()
+                                     if kind == "repeat_scores"), None)
             self.kernel = make_kernel(CatalogArrays(bundle.item_matrix, bundle.neighbors,
                                                     bundle.item_category, bundle.item_bias),
                                       backend)
@@ -397,10 +404,8 @@ class Recommender:
         q = self.kernel_query(plan, outputs, knn)
         top_rows, scores, n_cand = self.score(plan, q)
         if not plan.exclude_session_items:  # the session's own items, with the repeat bonus
-            r_rows, r_scores, r_cand = self.score(plan, self.repeat_query(plan, q))
-            top_rows, scores = _merge(top_rows, scores, r_rows,
-                                      r_scores + np.float32(plan.repeat_bonus), q.k)
-            n_cand += r_cand
+            top_rows, scores, n_cand = self.add_repeats(plan, outputs, q, top_rows, scores,
+                                                        n_cand)
         if knn is not None and plan.knn_weight:
             top_rows, scores = _blend(top_rows, scores, *knn, plan.knn_weight, plan.k)
         return _result(s, plan, top_rows, scores, n_cand)
@@ -449,9 +454,44 @@ class Recommender:
         """The session's own items as candidates (when ``exclude_session_items`` is False),
         under the rules and category filter of ``main`` (the plan's :meth:`kernel_query`);
         ``run`` adds the repeat bonus to their scores and merges them with the main
-        call's."""
+        call's. With a learned repeat output the bonus differs per item, so the call keeps
+        every session item (k = their number) instead of cutting to ``main.k`` first."""
+        k = main.k if plan.served.repeat_name is None else max(1, len(plan.known))
         return main._replace(seeds=plan.known, n_use=0, exclude_seeds=False,
-                             excluded=plan.excluded, candidates=None)
+                             excluded=plan.excluded, candidates=None, k=k)
+
+    def add_repeats(self, plan: CallPlan, outputs: EncoderOutputs, main: KernelQuery,
+                    rows: np.ndarray, scores: np.ndarray, n_cand: int
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """The main call's (rows, scores, rows scored) merged with the session's own items
+        (:meth:`repeat_query`), each scored by the model plus the plan's repeat bonus plus
+        its learned bonus (:meth:`learned_repeats`); the top ``main.k``."""
+        r_rows, r_scores, r_cand = self.score(plan, self.repeat_query(plan, main))
+        r_scores = r_scores + np.float32(plan.repeat_bonus)
+        if plan.served.repeat_name is not None:
+            r_scores = r_scores + _lookup(r_rows, *self.learned_repeats(plan, outputs))
+        rows, scores = _merge(rows, scores, r_rows, r_scores, main.k)
+        return rows, scores, n_cand + r_cand
+
+    def learned_repeats(self, plan: CallPlan, outputs: EncoderOutputs
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, bonus): the distinct rows the encoder saw for the plan's window and the
+        learned repeat bonus of each, the largest of its positions' ``repeat_scores``
+        (float32). Session items outside the encoded window get none (0). Empty for a
+        bundle whose encoder has no repeat output."""
+        s = plan.served
+        if s.repeat_name is None:
+            return _NO_ROWS, np.empty(0, np.float32)
+        enc_rows = _encoder_rows(s, plan.window)
+        r = outputs[s.repeat_name]
+        if r.size != enc_rows.size:
+            raise CorruptFileError(f"{s.bundle.encoder_path}: the encoder returned {r.size} "
+                                   f"repeat scores for {s.repeat_name!r} on a window of "
+                                   f"{enc_rows.size} items")
+        rows = np.unique(enc_rows)
+        at = rows[:, None] == enc_rows[None, :]
+        bonus = np.where(at, r[None, :], np.float32(-np.inf)).max(axis=1)
+        return rows.astype(np.int32), bonus.astype(np.float32, copy=False)
 
     def knn_candidates(self, plan: CallPlan) -> tuple[np.ndarray, np.ndarray]:
         """(rows, kNN scores) of the "sessions" policy on an encoder bundle: the session-kNN
@@ -616,6 +656,16 @@ def _merge(rows_a: np.ndarray, scores_a: np.ndarray, rows_b: np.ndarray,
     scores = np.concatenate([scores_a, scores_b]).astype(np.float32, copy=False)
     order = np.lexsort((rows, -scores))[:k]
     return rows[order], scores[order]
+
+
+def _lookup(rows: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """float32 value of each of ``rows`` in the sorted ``keys`` (0 where absent)."""
+    out = np.zeros(len(rows), np.float32)
+    if keys.size:
+        pos = np.minimum(np.searchsorted(keys, rows), len(keys) - 1)
+        hit = keys[pos] == rows
+        out[hit] = values[pos[hit]]
+    return out
 
 
 def _result(s: _Served, plan: CallPlan, top_rows: np.ndarray, scores: np.ndarray,

@@ -16,7 +16,9 @@ Diginetica split:
 Checked per model: build from a config, forward/backward shapes and padding, loss with
 named parts, loss decreasing over a few steps, beating popularity on the held-out slice,
 ONNX encoder parity against torch, the bundle round trip, and the SDK ranking equal to the
-model's own scores on the SDK's candidates.
+model's own scores on the SDK's candidates. The models that offer the learned repeat head
+(``repeat_head``, export_tools.models.base.RepeatHead) run every test a second time with
+it on, as ``<name>+repeat_head``.
 """
 from __future__ import annotations
 
@@ -40,7 +42,17 @@ N_HELDOUT = 500  # the following sessions: the held-out slice
 #: preset cannot take these values would say so here).
 SHRINK = {"dim": 32, "batch_size": 128, "epochs": 2, "patience": 2}
 NEIGHBORS = 20
-MODEL_NAMES = sorted(REGISTRY)
+#: suffix of a parametrized name: the model with its repeat head on
+REPEAT_HEAD = "+repeat_head"
+REPEAT_HEAD_MODELS = ("attenmixer", "grainrec")
+MODEL_NAMES = sorted(REGISTRY) + [name + REPEAT_HEAD for name in REPEAT_HEAD_MODELS]
+
+
+def variant(name: str) -> tuple[str, dict]:
+    """(registry name, settings over its preset) of a parametrized model name."""
+    if name.endswith(REPEAT_HEAD):
+        return name[:-len(REPEAT_HEAD)], {"repeat_head": True}
+    return name, {}
 
 
 
@@ -97,14 +109,15 @@ N_CATEGORIES = 8  # the category vocabulary of untrained models that take one
 
 
 def shrunk_config(name: str) -> tuple[dict, dict]:
-    model_cfg, train_cfg = split_config(name, {**PRESETS[name]["fast"], **SHRINK})
+    model, extra = variant(name)
+    model_cfg, train_cfg = split_config(model, {**PRESETS[model]["fast"], **SHRINK, **extra})
     return model_cfg, train_cfg
 
 
 def fresh_model(name: str, n_items: int, seed: int = 0) -> SessionModel:
     torch.manual_seed(seed)
     model_cfg, _ = shrunk_config(name)
-    return build_model(name, n_items, model_cfg, n_categories=N_CATEGORIES)
+    return build_model(variant(name)[0], n_items, model_cfg, n_categories=N_CATEGORIES)
 
 
 def pad(seqs, width=None) -> torch.Tensor:
@@ -132,8 +145,10 @@ def trained(real_slice, tmp_path_factory):
 
     def get(name: str):
         if name not in _TRAINED:
+            model_name, extra = variant(name)
             out = tmp_path_factory.mktemp(f"ckpt-{name}")
-            ckpt = train(name, "fast", sessions, catalog, out / "ckpt", overrides=SHRINK,
+            ckpt = train(model_name, "fast", sessions, catalog, out / "ckpt",
+                         overrides={**SHRINK, **extra},
                          progress=False, threads=1,
                          data_info={"train": str(root / "train.csv"),
                                     "items": str(DATA / "items.csv.gz")})
@@ -150,7 +165,7 @@ def trained(real_slice, tmp_path_factory):
 # ------------------------------------------------------------------------ registry, build
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_registry_entry_and_presets(name):
     entry = REGISTRY[name]
     assert issubclass(entry.cls, SessionModel) and entry.cls.name == name
@@ -285,14 +300,21 @@ def test_onnx_encoder_matches_torch(name, real_slice, trained):
     rows = tables.encoder_rows
     seqs = [x for x in inputs if len(x)][:40]
     seqs += [np.array([3, 7, 3, 9, 7, 3]), np.array([5]), np.arange(25) % catalog.n_items]
-    worst = 0.0
+    worst = worst_repeat = 0.0
     for s in seqs:
         items = torch.as_tensor(np.asarray(s, dtype=np.int64)[None])
         with torch.no_grad():
             expected = model.encode(items, model.embed(items))[0].numpy()
-        got = sess.run(None, {"items": items.numpy(), "item_emb": rows[items.numpy()]})[0][0]
-        worst = max(worst, float(np.abs(got - expected).max()))
+        got = sess.run(None, {"items": items.numpy(), "item_emb": rows[items.numpy()]})
+        worst = max(worst, float(np.abs(got[0][0] - expected).max()))
+        if model.repeat_head is not None:  # the second output: a repeat logit per position
+            with torch.no_grad():
+                q, states = model.encode_states(items, model.embed(items))
+                r = model.repeat_logits(items, q, states)[0].numpy()
+            assert got[1].shape == (1, len(s))
+            worst_repeat = max(worst_repeat, float(np.abs(got[1][0] - r).max()))
     assert worst <= 1e-5, worst
+    assert worst_repeat <= 1e-5, worst_repeat
     # the batch axis is dynamic: a batch of ten 6-item sessions (cut from the sessions
     # above), each row that session's query
     assert all(isinstance(i.shape[0], str) for i in sess.get_inputs())
@@ -313,7 +335,7 @@ def test_bundle_round_trip(name, real_slice, trained):
     ckpt, model, bundle, _ = trained(name)
     rec = Recommender.load(bundle, verify=True)
     m = rec.manifest
-    assert m["model"]["kind"] == name and m["model"]["config"] == model.config
+    assert m["model"]["kind"] == variant(name)[0] and m["model"]["config"] == model.config
     assert m["encoder"]["batch"] is True and rec._served.encoder.batch
     assert m["neighbors_per_item"] == NEIGHBORS
     np.testing.assert_array_equal(np.sort(rec.item_ids), np.asarray(catalog.item_ids))
@@ -331,8 +353,9 @@ def test_bundle_round_trip(name, real_slice, trained):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_sdk_ranking_equals_model_scores_on_its_candidates(name, real_slice, trained):
-    """Every candidate the SDK scores gets the torch model's own score (query . row
-    (+ bias) through the model's scores()), and the SDK's order is the model's order."""
+    """Every candidate the SDK scores gets the torch model's own full-catalog score
+    (``forward``: query . row (+ bias), plus the repeat head's bonus of the window's items
+    when it is on), and the SDK's order is the model's order."""
     from sessrec_sdk import Recommender
 
     _, _, catalog, inputs, _ = real_slice
@@ -350,7 +373,7 @@ def test_sdk_ranking_equals_model_scores_on_its_candidates(name, real_slice, tra
         enc_rows = catalog.rows(rec.item_ids[rec.session_rows(session)])
         items = torch.as_tensor(enc_rows[None].astype(np.int64))
         with torch.no_grad():
-            full = model.scores(model.encode(items, model.embed(items)))[0].numpy()
+            full = model(items)[0].numpy()
         expected = full[catalog.rows(out.item_ids)]
         np.testing.assert_allclose(out.scores, expected, rtol=0, atol=1e-4)
         # ranking identical: the model's scores fall along the SDK's order (up to float

@@ -49,13 +49,16 @@ class AttenMixer(SessionModel):
 
     ``levels`` = L (intent levels), ``heads`` = H (``dim`` must be a multiple of H),
     ``lp`` = p of the L_p pooling, ``scale`` = sigma, ``dropout`` on the session items'
-    embeddings and on the session vector in training.
+    embeddings and on the session vector in training. ``repeat_head``: the model
+    contract's learned repeat/explore head, reading the normalised embedding ``h~_i`` of
+    each position (``repeat_explore_weight``: see ``SessionModel.init_repeat_head``).
     """
 
     name = "attenmixer"
 
     def __init__(self, n_items: int, dim: int = 256, levels: int = 7, heads: int = 8,
-                 lp: float = 4.0, scale: float = 12.0, dropout: float = 0.1):
+                 lp: float = 4.0, scale: float = 12.0, dropout: float = 0.1,
+                 repeat_head: bool = False, repeat_explore_weight: float = 0.0):
         super().__init__()
         if n_items < 1 or dim < 1 or levels < 1 or heads < 1:
             raise ValueError("n_items, dim, levels and heads must be positive")
@@ -76,6 +79,7 @@ class AttenMixer(SessionModel):
         self.value = nn.Linear(dim, dim, bias=False)
         self.mix = nn.Linear(2 * dim, dim, bias=False)
         self.drop = nn.Dropout(dropout)
+        self.init_repeat_head(repeat_head, dim, repeat_explore_weight)
 
     # -- item side -----------------------------------------------------------------------
     def input_rows(self) -> Tensor:
@@ -93,6 +97,10 @@ class AttenMixer(SessionModel):
 
     # -- session side --------------------------------------------------------------------
     def encode(self, items: Tensor, item_emb: Tensor) -> Tensor:
+        return self.encode_states(items, item_emb)[0]
+
+    def encode_states(self, items: Tensor, item_emb: Tensor) -> tuple[Tensor, Tensor]:
+        """(session vector s/|s| [B, d], the positions' normalised embeddings [B, T, d])."""
         B, T = items.shape
         H, d = self.heads, self.dim
         dh = d // H
@@ -124,7 +132,7 @@ class AttenMixer(SessionModel):
         last = (pos[None, :] == (length - 1)[:, None]).to(h.dtype)  # [B, T]
         h_last = (h * last[:, :, None]).sum(dim=1)  # [B, d]
         s = self.mix(torch.cat([l2_normalize(s_tilde), l2_normalize(h_last)], dim=-1))
-        return l2_normalize(self.drop(s))
+        return l2_normalize(self.drop(s)), h
 
 
 #: Training presets (model hyper-parameters and training settings, see TRAIN_DEFAULTS).

@@ -232,6 +232,12 @@ class GRAINRec(SessionModel):
         differentiably); item_matrix() returns the clipped rows.
       norm_scale: NISER-style L2-normalised item vectors and query, query scaled by this.
         Both default to None (plain embeddings); norm_scale learned slower in a short test.
+      repeat_head: the model contract's learned repeat/explore head
+        (:class:`~export_tools.models.base.RepeatHead`); its per-position states are the
+        final node states mapped back to the window positions (a position takes its
+        item's node state), so the head reads the graph's view of each session item.
+        repeat_explore_weight: weight of the explore logits' own cross-entropy in the loss
+        (:meth:`~export_tools.models.base.SessionModel.init_repeat_head`).
     """
 
     name = "grainrec"
@@ -246,6 +252,8 @@ class GRAINRec(SessionModel):
         dense: bool = True,
         emb_max_norm: float | None = None,
         norm_scale: float | None = None,
+        repeat_head: bool = False,
+        repeat_explore_weight: float = 0.0,
     ):
         super().__init__()
         layers = layers.upper()
@@ -284,6 +292,7 @@ class GRAINRec(SessionModel):
         self.readout = AttnReadout(in_dim, dim, dim, dropout)
         self.drop = nn.Dropout(dropout)
         self.fc_sr = nn.Linear(in_dim + dim, dim, bias=False)
+        self.init_repeat_head(repeat_head, in_dim, repeat_explore_weight)
 
     @classmethod
     def from_config(cls, config: dict) -> GRAINRec:
@@ -323,6 +332,12 @@ class GRAINRec(SessionModel):
         batch's maximum in-degree; the default (L slots) has no data-dependent shapes and is
         what gets exported. Both give identical results.
         """
+        return self.encode_states(items, item_emb, gru_slots=gru_slots)[0]
+
+    def encode_states(self, items: Tensor, item_emb: Tensor, *,
+                      gru_slots: int | None = None) -> tuple[Tensor, Tensor]:
+        """(query [B, d], position states [B, L, d_h]): :meth:`encode`'s query and the final
+        node state of each position's item (zeros at padding), for the repeat head."""
         graph = session_graph(items)
         pos_node = graph["pos_node"]  # [B, L, N]
         first = graph["first"].to(item_emb.dtype)
@@ -343,7 +358,7 @@ class GRAINRec(SessionModel):
         query = self.fc_sr(self.drop(sr))
         if self.norm_scale is not None:
             query = self.norm_scale * query / query.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return query
+        return query, torch.matmul(pos_node, feat)
 
     def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
         """LESSR: no decay on biases and activation (PReLU) slopes."""
@@ -360,15 +375,17 @@ class GRAINRec(SessionModel):
     def encoder(self) -> nn.Module:
         return EncoderForExport(self)
 
-    def forward(self, items: Tensor) -> Tensor:
-        """Full-catalog logits [B, n_items]."""
+    def encode_batch(self, items: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(query, position states or None) with the GRU slots capped at the batch's
+        maximum in-degree (eager training and ranking; same results as the export's L)."""
         slots = self.gru_slots_needed(items) if "G" in self.layer_kinds else None
-        query = self.encode(items, self.embed(items), gru_slots=slots)
-        return query @ self.item_matrix().t()
+        query, states = self.encode_states(items, self.embed(items), gru_slots=slots)
+        return query, (None if self.repeat_head is None else states)
 
 
 class EncoderForExport(EncoderModule):
-    """forward(items [B, L] int64, item_emb [B, L, d] float32) -> query [B, d].
+    """forward(items [B, L] int64, item_emb [B, L, d] float32) -> query [B, d] (and the
+    repeat logits [B, L] with the repeat head).
 
     The export face of :class:`GRAINRec`: no data-dependent shapes (the GRU layers use L
     message slots, not the batch's in-degree), dynamic B and L. Every op works within
