@@ -51,7 +51,7 @@ cat >> "$WORK/pyproject.toml" <<EOF
 source_paths = ["sessrec_sdk", "export_tools"]
 only_mutate = $(toml_list "$only")
 do_not_mutate = ["sessrec_sdk/kernels/numba_backend.py"]
-also_copy = ["csrc"]
+also_copy = ["csrc", "data"]
 pytest_add_cli_args_test_selection = $(toml_list "$TESTS")
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]
 process_isolation = "forkserver"
