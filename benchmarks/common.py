@@ -272,7 +272,7 @@ def sknn_real_bundles() -> list[RealSknn]:
 #: NAME=BUNDLE:TEST_CSV, comma-separated, relative paths from the repository root; an
 #: environment variable of the same name overrides each list (an empty value times none).
 #: HierSRec bundles (an encoder that predicts categories) for the category policies:
-HIERSREC_BUNDLES_DEFAULT = "hiersrec-dg=runs/hiersrec-fast-bundle2:data/diginetica/test.csv.gz"
+HIERSREC_BUNDLES_DEFAULT = "hiersrec-dg=runs/hiersrec-e6-bundle:data/diginetica/test.csv.gz"
 #: Hybrid bundles (an encoder and a session index) for the "sessions" policy:
 HYBRID_BUNDLES_DEFAULT = (
     "grainrec-rr-hybrid=runs/grainrec-rr-hybrid-bundle:data/retailrocket/test.csv.gz,"
