@@ -55,6 +55,9 @@ also_copy = ["csrc", "data"]
 pytest_add_cli_args_test_selection = $(toml_list "$TESTS")
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]
 process_isolation = "forkserver"
+# a mutant that loops or slows a test down is stopped after 3x (not mutmut's 15x) the
+# tests' CPU time times two: such mutants are counted as caught either way
+timeout_multiplier = 3.0
 EOF
 cd "$WORK"
 echo "== mutating: $MUTATE"
