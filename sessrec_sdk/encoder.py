@@ -152,12 +152,7 @@ class SessionEncoder:
         Results are checked on every call (the kernels read exactly ``dim`` float32s from
         the query): an encoder that fails or returns another shape or dtype raises
         CorruptFileError naming the file."""
-        try:
-            results = self._run(self._outputs, self.feeds(rows, item_emb), None)
-        except Exception as exc:  # onnxruntime's own exception types
-            raise CorruptFileError(f"{self.path}: the encoder failed on a session of "
-                                   f"{len(rows)} items ({str(exc)[:300]})") from None
-        query = self._float32(results)
+        results, query = self._checked_run(rows, item_emb, f"a session of {len(rows)} items")
         if query.size != self.output_dim:
             raise CorruptFileError(
                 f"{self.path}: the encoder returned float32 {query.shape} for "
@@ -176,12 +171,8 @@ class SessionEncoder:
             raise ValueError("run_batch takes windows of one length")
         rows = np.stack([w[0] for w in windows])
         item_emb = np.stack([w[1] for w in windows])
-        try:
-            results = self._run(self._outputs, self.feeds(rows, item_emb), None)
-        except Exception as exc:  # onnxruntime's own exception types
-            raise CorruptFileError(f"{self.path}: the encoder failed on a batch of {n} "
-                                   f"sessions of {length} items ({str(exc)[:300]})") from None
-        query = self._float32(results)
+        results, query = self._checked_run(rows, item_emb,
+                                           f"a batch of {n} sessions of {length} items")
         if query.shape != (n, self.output_dim):
             raise CorruptFileError(
                 f"{self.path}: the encoder returned float32 {query.shape} for "
@@ -194,14 +185,21 @@ class SessionEncoder:
         return [{name: out[b].reshape(-1).copy() for name, out in zip(self._outputs, results)}
                 for b in range(n)]
 
-    def _float32(self, results: list) -> np.ndarray:
-        """The query output, once every output is checked to be float32."""
+    def _checked_run(self, rows: np.ndarray, item_emb: np.ndarray, what: str
+                     ) -> tuple[list, np.ndarray]:
+        """One encoder run: (every output, the query output), each output checked to be
+        float32; a failing run raises CorruptFileError naming ``what`` was encoded."""
+        try:
+            results = self._run(self._outputs, self.feeds(rows, item_emb), None)
+        except Exception as exc:  # onnxruntime's own exception types
+            raise CorruptFileError(f"{self.path}: the encoder failed on {what} "
+                                   f"({str(exc)[:300]})") from None
         for name, out in zip(self._outputs, results):
             if not (isinstance(out, np.ndarray) and out.dtype == np.float32):
                 raise CorruptFileError(f"{self.path}: the encoder returned "
                                        f"{getattr(out, 'dtype', type(out))} for {name!r}, "
                                        "not float32")
-        return results[self._query_index]
+        return results, results[self._query_index]
 
 
 class CachedEncoder:
