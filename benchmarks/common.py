@@ -135,7 +135,7 @@ class Profile:
     many_sessions: int = 1000        # sessions per recommend_many() call (test_batch.py)
     accuracy_limit: int | None = None
     # synthetic session-kNN bundles (recommend() with their defaults); real sknn bundles
-    # come from SESSREC_BENCH_SKNN_BUNDLES (sknn_real_bundles) in every profile
+    # come from SESSREC_BENCH_SKNN_BUNDLES (real_bundles) in every profile
     sknn: tuple[SknnSpec, ...] = ()
 
     def spec(self, **changes) -> BundleSpec:
@@ -231,41 +231,9 @@ SKNN_BUNDLES_DEFAULT = ("retailrocket=runs/sknn-rr-bundle:data/retailrocket/test
                         "diginetica=runs/sknn-dg-bundle:data/diginetica/test.csv.gz")
 
 
-@dataclass(frozen=True)
-class RealSknn:
-    name: str
-    bundle: Path
-    test_csv: Path
-
-    def missing(self) -> str | None:
-        """Why this bundle cannot be timed (None: it can)."""
-        if not (self.bundle / "manifest.json").is_file():
-            return (f"no session-kNN bundle at {str(self.bundle)!r} for {self.name!r} (set "
-                    "SESSREC_BENCH_SKNN_BUNDLES=NAME=BUNDLE:TEST_CSV,..., or train and export "
-                    "one: sessrec train --model sknn, then sessrec export); row skipped")
-        if not self.test_csv.is_file():
-            return (f"no test sessions at {str(self.test_csv)!r} for the {self.name!r} sknn "
-                    "bundle (SESSREC_BENCH_SKNN_BUNDLES); row skipped")
-        return None
-
-
 def _repo_path(p: str) -> Path:
     path = Path(p)
     return path if path.is_absolute() or path.exists() else ROOT / path
-
-
-def sknn_real_bundles() -> list[RealSknn]:
-    """The real sknn bundles to time (``SESSREC_BENCH_SKNN_BUNDLES``, default
-    :data:`SKNN_BUNDLES_DEFAULT`), present or not (a missing one is skipped by name)."""
-    spec = os.environ.get("SESSREC_BENCH_SKNN_BUNDLES", SKNN_BUNDLES_DEFAULT)
-    out = []
-    for entry in filter(None, (e.strip() for e in spec.split(","))):
-        name, sep, rest = entry.partition("=")
-        bundle, sep2, test = rest.rpartition(":")
-        if not (sep and sep2 and name and bundle and test):
-            raise ValueError(f"SESSREC_BENCH_SKNN_BUNDLES: {entry!r} is not NAME=BUNDLE:TEST_CSV")
-        out.append(RealSknn(name.strip(), _repo_path(bundle), _repo_path(test)))
-    return out
 
 
 #: Trained bundles of the candidate-policy rows (benchmarks/test_policy_latency.py), each

@@ -19,7 +19,7 @@ from benchmarks import common as C
 from benchmarks.conftest import mean_candidates
 
 P = C.profile_from_env()
-REAL = C.sknn_real_bundles()
+REAL = C.real_bundles("SESSREC_BENCH_SKNN_BUNDLES", C.SKNN_BUNDLES_DEFAULT)
 
 
 def _bench(measure, rec, pool, *, bundle: str, traffic: str):
