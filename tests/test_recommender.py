@@ -133,6 +133,25 @@ def test_session_rows_are_the_known_window(rec, small_ids):
     assert rec.session_rows([unknown]).size == 0
 
 
+def test_popularity_fallback_under_an_allow_list(rec, small_ids):
+    """An all-unknown session with ``allow``: the allowed rows that are not excluded, in the
+    bundle's popularity order (ranked by hand here), with their popularity scores as
+    float32, the unknown ids counted; nothing allowed left: empty, with the reason."""
+    unknown = int(small_ids.max()) + 1
+    allow = small_ids[[3, 7, 11, 40, 41]].tolist()
+    out = rec.recommend([unknown, unknown + 1], k=3, allow=allow, exclude=[allow[1]])
+    keep = set(rec.bundle.ids.rows(np.asarray(allow[:1] + allow[2:])).tolist())
+    pop = np.asarray(rec.bundle.popularity)
+    ranked = [(r, s) for r, s in zip(pop.tolist(), np.asarray(rec.bundle.popularity_scores))
+              if r in keep][:3]
+    assert out.fallback == "popularity" and out.unknown == 2 and len(out) == 3
+    assert out.item_ids.tolist() == [int(rec.item_ids[r]) for r, _ in ranked]
+    assert out.scores.dtype == np.float32
+    assert out.scores.tolist() == [float(s) for _, s in ranked]
+    none = rec.recommend([unknown, unknown + 1], k=3, allow=allow[:1], exclude=allow[:1])
+    assert (none.fallback, none.unknown, len(none)) == ("nothing_allowed", 2, 0)
+
+
 def test_recommendation_repr_is_short_and_exact():
     """repr: the first five (id: score) pairs, then the size, fallback and unknown count."""
     ids = np.array([10, 20, 30, 40, 50, 60])
