@@ -272,7 +272,7 @@ def full_catalog_ranks_sdk(rec, inputs, targets, progress: bool, block: int = 51
             known = ids.known(ids.coerce(inputs[i]))[0]
             knowns.append(known)
             plan = rec.plan(inputs[i])
-            outputs = rec.encode(plan) if known.size else None
+            outputs = rec.encode(plan)  # None without a known item
             learned.append(None if outputs is None else rec.learned_repeats(plan, outputs))
             if outputs is not None:
                 queries[j], has_q[j] = outputs[served.query_name], True

@@ -683,13 +683,10 @@ def _blend(rows: np.ndarray, scores: np.ndarray, knn_rows: np.ndarray,
     kernel did not list); the top ``k`` by the blend, ties by the smaller row. float32
     throughout, so every backend blends alike."""
     knn = np.zeros(len(rows), np.float32)
-    if knn_rows.size:
-        top = knn_scores.max()
+    top = knn_scores.max() if knn_scores.size else 0
+    if top > 0:
         order = np.argsort(knn_rows, kind="stable")
-        pos = np.minimum(np.searchsorted(knn_rows[order], rows), len(order) - 1)
-        hit = knn_rows[order][pos] == rows
-        if top > 0:
-            knn[hit] = knn_scores[order][pos[hit]] / np.float32(top)
+        knn = _lookup(rows, knn_rows[order], knn_scores[order] / np.float32(top))
     blended = (scores + np.float32(weight) * knn).astype(np.float32, copy=False)
     pick = np.lexsort((rows, -blended))[:k]
     return rows[pick], blended[pick]

@@ -151,7 +151,7 @@ class ExportSpec:
 #: The v1 bundle's encoder signature (sessrec_sdk.bundle): what every model exports today.
 ENCODER_INPUT_NAMES = ("items", "item_emb")
 ENCODER_OUTPUT_NAME = "query"
-#: The encoder output of the repeat head (bundle kind "repeat_scores"): float32 [1, L].
+#: The encoder output of the repeat head (bundle kind "repeat_scores"): float32 [B, L].
 REPEAT_OUTPUT = "repeat_scores"
 
 
