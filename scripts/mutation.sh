@@ -55,11 +55,11 @@ also_copy = ["csrc", "data"]
 pytest_add_cli_args_test_selection = $(toml_list "$TESTS")
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]
 process_isolation = "forkserver"
-# a mutant is stopped after 3x (not mutmut's 15x) the tests' estimated CPU time, times
+# a mutant is stopped after 10x (not mutmut's 15x) the tests' estimated CPU time, times
 # two, and reported as "timeout": a loop it caused, or only its tests' module fixtures
 # (the session-kNN tests train a model) that the estimate left out. A timeout is not a
 # kill: re-run those mutants with a larger multiplier to tell them apart
-timeout_multiplier = 3.0
+timeout_multiplier = 10.0
 EOF
 cd "$WORK"
 echo "== mutating: $MUTATE"

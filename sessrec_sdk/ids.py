@@ -27,6 +27,9 @@ def sorted_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids[order], order
 
 
+_BOOLS = frozenset((bool, np.bool_))
+
+
 class ItemIds:
     """The catalog's external ids (int64 or str) with vectorised lookup."""
 
@@ -139,6 +142,9 @@ class ItemIds:
             return np.empty(0, dtype=np.int64)
         kind = arr.dtype.kind
         if kind == "i":
+            if not isinstance(ids, np.ndarray) and not _BOOLS.isdisjoint(map(type, ids)):
+                # numpy turns [1, True] into int64 [1, 1]: a bool is refused at its place
+                return self._coerce_objects(np.asarray(ids, dtype=object), what)
             return arr.astype(np.int64, copy=False)
         if kind == "u":
             return np.where(arr <= INT64_MAX, arr.astype(np.int64), _UNKNOWN_INT)

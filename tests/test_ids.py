@@ -203,6 +203,8 @@ def test_ids_judged_one_by_one_keep_int64_and_its_bounds():
 
 @pytest.mark.parametrize("bad, message", [
     (np.array([1, True], dtype=object), "got bool True at position 1"),
+    ([1, True], "got bool True at position 1"),  # numpy alone would make it [1, 1]
+    ((7, np.True_, 2), r"got bool np.True_ at position 1"),
     ([2**64, 1.5], "got float 1.5 at position 1"),
     ([np.uint64(1), np.int64(2), 3.0], "got float 3.0 at position 2"),
     ([1, range(2)], r"got range range\(0, 2\) at position 1"),
