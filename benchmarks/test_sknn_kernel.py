@@ -4,7 +4,9 @@ Numba backends (sessrec_sdk/kernels/sknn*.py) on a synthetic session index.
 Full profile: 1,000,000 items, 2,000,000 training sessions of 2-20 events over a Zipf-like
 item popularity (each session's distinct items), the 500 most recent sessions per item
 (m_index), idf item weights; calls with sample=500, neighbors=100, k=21 on sessions drawn
-from the index's own sessions. The smoke profile runs the same on a small index. The index
+from the index's own sessions, without and with a neighbor-position table (the one the
+Diginetica validation search chose: items after the shared item weigh up to 11x, items
+before it 0; see export_tools.models.sknn.position_table). The smoke profile runs the same on a small index. The index
 comes from export_tools.synthetic.synthetic_session_index (numpy, seeded; the generator of
 the synthetic sknn bundles too), built in a session-scoped fixture; the Numba kernel is
 compiled at construction, before anything is timed.
@@ -12,11 +14,13 @@ compiled at construction, before anything is timed.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from benchmarks import common as C
+from export_tools.models.sknn import position_table
 from export_tools.synthetic import synthetic_session_index
 from sessrec_sdk.kernels.sknn import SknnIndex, SknnQuery, SknnScratch, make_sknn_kernel
 
@@ -53,17 +57,24 @@ def sknn_pool(sknn_index) -> list:
     return pool
 
 
+TABLE = {"position_after": 10.0, "position_decay": 64.0, "position_before": 0.0}
+
+
+@pytest.mark.parametrize("position", ["none", "table"])
 @pytest.mark.parametrize("backend", ["c", "numba"])
-def test_sknn_top_k(measure, sknn_index, sknn_pool, backend):
+def test_sknn_top_k(measure, sknn_index, sknn_pool, backend, position):
+    if position == "table":  # the same arrays, plus the table
+        sknn_index = replace(sknn_index, position_weight=position_table(TABLE))
     kernel = make_sknn_kernel(sknn_index, backend)  # Numba: compiled here, untimed
     scratch = SknnScratch.for_index(sknn_index, max_sample=SAMPLE)
 
     def call(q):
         return kernel.top_k(q, scratch)
 
-    measure(call, sknn_pool, group="sknn kernel", suite="sknn", method="sessrec sknn",
+    measure(call, sknn_pool, group="sknn kernel", suite="sknn",
+            method="sessrec sknn" + (" + position table" if position == "table" else ""),
             backend=kernel.name, n_items=sknn_index.n_items,
             n_sessions=sknn_index.n_sessions, m_index=M_INDEX, sample=SAMPLE,
-            neighbors=NEIGHBORS, k=K,
+            neighbors=NEIGHBORS, k=K, position=position,
             mean_query_len=float(np.mean([len(q.session) for q in sknn_pool])),
             candidates=lambda: float(np.mean([call(q)[2] for q in sknn_pool[:500]])))

@@ -30,6 +30,7 @@ def _bench(measure, rec, pool, *, bundle: str, traffic: str):
             suite="sknn bundle", method="sessrec sknn", axis="sknn bundle", bundle=bundle,
             traffic=traffic, n_items=m["n_items"], n_sessions=m["sknn"]["n_sessions"],
             sample=m["sknn"]["sample"], idf=m["sknn"].get("idf"), neighbors=d["neighbors"],
+            position="table" if "position_weight" in m["sknn"] else "none",
             window=m["inference"]["max_session_length"],
             exclude_session_items=d["exclude_session_items"],
             repeat_bonus=d.get("repeat_bonus", 0.0), backend=rec.backend, k=k,

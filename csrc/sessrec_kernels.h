@@ -81,6 +81,8 @@ typedef struct {
     int64_t n_session_items;
     const float *item_weight;       /* [n_items] */
     const int32_t *categories;      /* [n_items] or NULL (then no category filter) */
+    const float *position_weight;   /* [2 * position_half + 1], or NULL with half 0 */
+    int32_t position_half;          /* 0: no neighbor-position weighting */
 } sr_sknn_index;
 
 /* One call's inputs. */

@@ -12,8 +12,10 @@
  *   3. neighbors N: the `neighbors` sessions of R with the highest sim (ties: larger id),
  *      in that rank order;
  *   4. item scores: for each neighbor j, w = max(0, 1 - 0.1 * pos_j) * sim_j, and for each
- *      item r of j (stored order) score[r] += w * item_weight[r]; the touched items are the
- *      candidates;
+ *      item r of j (stored order, place t) score[r] += (w * pw[h + clamp(t - a, -h, h)])
+ *      * item_weight[r], where a is the place in j of the session item at p = pos_j (the
+ *      list's length if j lacks it) and pw the position table of half-width h (h = 0: no
+ *      table, the factor is left out); the touched items are the candidates;
  *   5. filters: excluded, allow-list, categories; a session item is dropped when
  *      exclude_session, else gets + session_bonus;
  *   6. the best k by score, ties by the smaller row, best first.
@@ -132,6 +134,8 @@ int32_t sr_sknn_top_k(const sr_sknn_index *index, const sr_sknn_query *query,
     if (q->sample < 1 || q->neighbors < 1 || q->k < 1 || q->n_session < 0
         || q->n_excluded < 0) return SR_ERR_ARGUMENT;
     if (ix->categories == NULL && q->n_allowed_cats >= 0) return SR_ERR_ARGUMENT;
+    if (ix->position_half < 0 || (ix->position_half > 0 && ix->position_weight == NULL))
+        return SR_ERR_ARGUMENT;
     if (sc->n_items != n_items || sc->n_sessions != n_sessions || epoch == 0)
         return SR_ERR_ARGUMENT;
     /* R never holds more than n_sessions distinct sessions: min(sample, n_sessions) slots
@@ -216,6 +220,7 @@ int32_t sr_sknn_top_k(const sr_sknn_index *index, const sr_sknn_query *query,
 
     /* 4. item scores (item_list now collects the candidates) */
     int32_t n_cand = 0;
+    const int64_t half = ix->position_half;
     for (int32_t i = 0; i < n_nb; i++) {
         const int32_t s = order[i], j = slot_session[s];
         float lam = 1.0f - 0.1f * (float)slot_pos[s];
@@ -224,6 +229,13 @@ int32_t sr_sknn_top_k(const sr_sknn_index *index, const sr_sknn_query *query,
         int64_t lo, hi, bad;
         if (!list_bounds(ix->session_indptr, j, ix->n_session_items, &lo, &hi, &bad))
             return index_error(sc, SR_SKNN_SESSION_INDPTR, bad);
+        int64_t anchor = hi;  /* the place of the shared item (the list's end if absent) */
+        if (half > 0) {
+            const int32_t shared = q->session[n - 1 - slot_pos[s]];
+            for (int64_t t = lo; t < hi; t++) {
+                if (ix->session_items[t] == shared) { anchor = t; break; }
+            }
+        }
         for (int64_t t = lo; t < hi; t++) {
             const int32_t r = ix->session_items[t];
             if (r < 0 || r >= n_items) return index_error(sc, SR_SKNN_SESSION_ITEMS, t);
@@ -232,7 +244,14 @@ int32_t sr_sknn_top_k(const sr_sknn_index *index, const sr_sknn_query *query,
                 item_score[r] = 0.0f;
                 item_list[n_cand++] = r;
             }
-            const float c = w * ix->item_weight[r];
+            float wt = w;
+            if (half > 0) {
+                int64_t d = t - anchor;
+                if (d > half) d = half;
+                if (d < -half) d = -half;
+                wt = w * ix->position_weight[d + half];
+            }
+            const float c = wt * ix->item_weight[r];
             item_score[r] = item_score[r] + c;
         }
     }

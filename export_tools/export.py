@@ -190,28 +190,56 @@ def defaults_by_validation(bundle: Path, valid_rows: list[np.ndarray], catalog: 
     return {**best, **best_m}, trials
 
 
-def _session_indexes(checkpoint, sessions: list[np.ndarray], catalog: D.Catalog,
+def _split(rows: list[np.ndarray], config: dict) -> tuple[list, list]:
+    """The checkpoint's (training part, validation part) of ``rows``."""
+    return D.split_validation(rows, config.get("valid_fraction") or 0.0, config.get("seed", 0),
+                              config.get("valid_split", "random"))
+
+
+def _knn_setting(session_index, sessions: list[np.ndarray], catalog: D.Catalog,
+                 config: dict, log) -> tuple[dict | None, str]:
+    """(the session-kNN setting of a hybrid bundle, where it came from), or (None, why
+    there is none). ``session_index``: an ``sknn`` checkpoint trained on the same data,
+    or "auto": the ``fast`` preset's validation search (export_tools.models.sknn.tune) on
+    the checkpoint's own split, so the kNN side is chosen on the same validation sessions
+    as everything else."""
+    from .checkpoint import load_catalog
+    from .models.sknn import PRESETS, load_sknn, tune
+
+    if session_index is None:
+        return None, "no session index asked for"
+    if str(session_index) != "auto":
+        kcfg, _ = load_sknn(session_index)
+        if kcfg.get("model") != "sknn":
+            raise ValueError(f"--session-index {session_index}: not an sknn checkpoint")
+        if not np.array_equal(np.asarray(load_catalog(Path(session_index)).item_ids),
+                              np.asarray(catalog.item_ids)):
+            raise ValueError(f"--session-index {session_index}: built on other items than "
+                             "the model's checkpoint (train both on the same data)")
+        return kcfg["model_config"], str(Path(session_index).resolve())
+    train_part, valid_part = _split(sessions, config)
+    if not config.get("valid_fraction") or not any(len(v) >= 2 for v in valid_part):
+        return None, "auto: the checkpoint has no validation sessions to choose it on"
+    log(f"session-kNN for the hybrid: choosing its setting on {len(valid_part):,} "
+        "validation sessions")
+    categories = np.asarray(catalog.categories) if catalog.n_categories else None
+    setting, _ = tune(train_part, valid_part, catalog.n_items, PRESETS["fast"], categories,
+                      log=log)
+    setting.pop("validation", None)
+    return setting, "auto"
+
+
+def _session_indexes(setting: dict, sessions: list[np.ndarray], catalog: D.Catalog,
                      config: dict, new_of_old: np.ndarray | None) -> dict:
-    """The session indexes of a hybrid bundle, built with the setting of the ``sknn``
-    checkpoint on the training sessions in the bundle's row numbering: one of the part
-    that is not validation (for the validation search) and one of all sessions."""
+    """The session indexes of a hybrid bundle, built with the session-kNN ``setting`` on
+    the training sessions in the bundle's row numbering: one of the part that is not
+    validation (for the validation search) and one of all sessions."""
     from sessrec_sdk.bundle import SessionIndex
 
-    from .checkpoint import load_catalog
-    from .models.sknn import INDEX_FILES, build_index, load_sknn
+    from .models.sknn import INDEX_FILES, build_index, position_entry
 
-    kcfg, _ = load_sknn(checkpoint)
-    if kcfg.get("model") != "sknn":
-        raise ValueError(f"--session-index {checkpoint}: not an sknn checkpoint")
-    if not np.array_equal(np.asarray(load_catalog(Path(checkpoint)).item_ids),
-                          np.asarray(catalog.item_ids)):
-        raise ValueError(f"--session-index {checkpoint}: built on other items than the "
-                         "model's checkpoint (train both on the same data)")
-    setting = kcfg["model_config"]
     rows = sessions if new_of_old is None else [new_of_old[s] for s in sessions]
-    fraction = config.get("valid_fraction") or 0.0
-    train_part, _ = D.split_validation(rows, fraction, config.get("seed", 0),
-                                       config.get("valid_split", "random"))
+    train_part, _ = _split(rows, config)
     out = {}
     for key, part in (("valid", train_part), ("", rows)):
         index = build_index(part, catalog.n_items, sample=setting["sample"],
@@ -220,7 +248,8 @@ def _session_indexes(checkpoint, sessions: list[np.ndarray], catalog: D.Catalog,
         out[name] = SessionIndex(*(index[f] for f in INDEX_FILES))
         out[f"{key}_info" if key else "info"] = {
             "n_sessions": len(part), "sample": setting["sample"], "idf": setting["idf"],
-            "neighbors": setting["neighbors"], "window": setting["window"]}
+            "neighbors": setting["neighbors"], "window": setting["window"],
+            **position_entry(setting)}
     return out
 
 
@@ -267,7 +296,8 @@ def check_parity(bundle: Path, model, catalog: D.Catalog, sessions: list[np.ndar
     """Max |SDK score - torch score| over the candidates of each session; raises above
     PARITY_TOLERANCE.
 
-    The reference is the torch model's own scoring (``model.encode`` and ``model.scores``,
+    A hybrid bundle is checked without its kNN blend (``knn_weight=0``, its own
+    candidates). The reference is the torch model's own scoring (``model.encode`` and ``model.scores``,
     plus the repeat head's bonus of the window's items when the model has one), not the
     exported tables, so a wrong table (scale, normalisation, bias, row order) shows up
     here. The encoder's repeat output is also compared with the torch repeat logits
@@ -291,6 +321,8 @@ def check_parity(bundle: Path, model, catalog: D.Catalog, sessions: list[np.ndar
     half_matrix = model_matrix.half().float() if half else None
     worst_query = worst_score = worst_rounding = worst_repeat = 0.0
     ids = np.asarray(catalog.item_ids)
+    # a hybrid bundle's default blends the kNN score in: compare the model's own scores
+    model_scores_only = {"knn_weight": 0.0} if rec._served.knn_kernel is not None else {}
     for rows in sessions:
         session = ids[rows]
         # the rows the SDK encodes, as model rows (a bundle may number its rows otherwise)
@@ -314,7 +346,7 @@ def check_parity(bundle: Path, model, catalog: D.Catalog, sessions: list[np.ndar
             worst_repeat = max(worst_repeat, float(np.abs(outputs[repeat_name]
                                                           - repeat[0].numpy()).max()))
         out = rec.recommend(session, k=50, category_filter="none",
-                            exclude_session_items=False)
+                            exclude_session_items=False, **model_scores_only)
         out_rows = torch.as_tensor(catalog.rows(out.item_ids).astype(np.int64))
         exact = exact_all[out_rows].numpy()
         if half:
@@ -357,18 +389,21 @@ def export_bundle(
     overwrite: bool = False,
     progress: bool = True,
     tune_defaults: bool = True,
-    session_index: str | os.PathLike | None = None,
+    session_index: str | os.PathLike | None = "auto",
 ) -> tuple[Path, dict]:
     """Export a checkpoint to a bundle; returns (path, report with timings and parity).
 
     ``tune_defaults``: choose the session window, the default category filter and the
     repeat handling on the checkpoint's validation sessions (:func:`defaults_by_validation`;
     without them the training-data rates set the defaults); ``category_filter`` then
-    overrides the chosen filter. ``session_index``: an ``sknn`` checkpoint trained on the
-    same data; its setting indexes the training sessions into the bundle, so that
-    ``candidates="sessions"`` (kNN candidates scored by the model, optionally blended
-    with the kNN score) is served and tried on validation (the validation search runs on
-    an index of the training part only; the bundle gets the index of every session). ``row_order``:
+    overrides the chosen filter. ``session_index``: the session-kNN side of a hybrid: an
+    ``sknn`` checkpoint trained on the same data, "auto" (default: a session-kNN setting
+    chosen on the checkpoint's validation sessions) or None. Its setting indexes the
+    training sessions, so that ``candidates="sessions"`` (kNN candidates scored by the
+    model, optionally blended with the kNN score) is tried on validation (on an index of
+    the training part only; the bundle gets the index of every session). With "auto" the
+    index stays in the bundle only when the validation search chooses it (defaults that
+    use it); a given checkpoint's index always does. ``row_order``:
     "locality" numbers the bundle's rows along the neighbor graph (export_tools.layout),
     "given" keeps the model's item order. ``item_dtype="float16"`` stores the scored rows
     in half precision (half the bytes a call reads; scores move by the rounding, reported
@@ -442,8 +477,14 @@ def export_bundle(
         new_of_old[order] = np.arange(catalog.n_items, dtype=np.int32)
         report["row_order_seconds"] = round(time.perf_counter() - t, 2)
     knn = None
-    if session_index is not None:
-        knn = _session_indexes(session_index, sessions, catalog, config, new_of_old)
+    if not tune_defaults and str(session_index) == "auto":
+        session_index = None  # nothing would choose between the hybrid and the plain bundle
+    t = time.perf_counter()
+    setting, knn_source = _knn_setting(session_index, sessions, catalog, config,
+                                       print if progress else _quiet)
+    if setting is not None:
+        knn = _session_indexes(setting, sessions, catalog, config, new_of_old)
+        report["session_index_seconds"] = round(time.perf_counter() - t, 2)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
@@ -498,12 +539,23 @@ def export_bundle(
             update_manifest(candidate, defaults=defaults)
         if knn is not None:  # the bundle served: the index of every training session
             record = json.loads((candidate / "manifest.json").read_text())
-            write_args.update(session_index=knn["index"], sknn=knn["info"],
-                              defaults=defaults, inference=record["inference"])
+            used = (defaults.get("candidates") == "sessions"
+                    or float(defaults.get("knn_weight", 0.0)) > 0)
+            if knn_source == "auto" and not used:
+                write_args.update(session_index=None, sknn=None)
+                report["session_index"] = {"source": "auto", "kept": False,
+                                           "why": "the validation search chose no default "
+                                                  "that uses it"}
+            else:
+                write_args.update(session_index=knn["index"], sknn=knn["info"])
+                report["session_index"] = {"source": knn_source, "kept": True, **knn["info"]}
+            write_args.update(defaults=defaults, inference=record["inference"])
             candidate = write_bundle(work / "final", **write_args)
             if "validation" in record:
                 update_manifest(candidate, validation=record["validation"])
-            report["session_index"] = knn["info"]
+        else:
+            report["session_index"] = {"source": session_index and str(session_index),
+                                       "kept": False, "why": knn_source}
         replace_dir(candidate, out)  # atomic: a reloading server sees old or new, whole
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -520,7 +572,7 @@ def export_sknn_bundle(checkpoint: str | os.PathLike, out: Path, *,
     from sessrec_sdk.bundle import SessionIndex, write_bundle
 
     from .checkpoint import load_catalog
-    from .models.sknn import INDEX_FILES, load_sknn
+    from .models.sknn import INDEX_FILES, load_sknn, position_entry
     from .train import data_options, load_training_data
 
     t0 = time.perf_counter()
@@ -551,7 +603,7 @@ def export_sknn_bundle(checkpoint: str | os.PathLike, out: Path, *,
         item_category=np.asarray(catalog.categories) if catalog.n_categories else None,
         session_index=SessionIndex(*(index[name] for name in INDEX_FILES)),
         sknn={"n_sessions": config["n_sessions"], "sample": setting["sample"],
-              "idf": setting["idf"]},
+              "idf": setting["idf"], **position_entry(setting)},
         model={"kind": "sknn", "config": setting, "preset": config.get("preset"),
                "best_valid_metrics": config.get("best_metrics")},
         inference={"max_session_length": setting["window"], "session_filter": "none"},
@@ -576,10 +628,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-session-length", type=int, default=3,
                    help="items of a session the SDK encodes (paper: 3); the starting point "
                    "of the validation search unless --no-tune")
-    p.add_argument("--session-index", metavar="SKNN_CHECKPOINT",
-                   help="an sknn checkpoint trained on the same data: index the training "
-                   "sessions into the bundle for candidates='sessions' (kNN candidates "
-                   "scored by the model, blended with the kNN score), tried on validation")
+    p.add_argument("--session-index", metavar="SKNN_CHECKPOINT|auto|none", default="auto",
+                   help="the session-kNN side of a hybrid: kNN candidates scored by the "
+                   "model, blended with the kNN score, tried on validation. auto (default): "
+                   "a session-kNN setting chosen on the checkpoint's validation sessions, "
+                   "kept in the bundle only if the validation search picks the hybrid; an "
+                   "sknn checkpoint trained on the same data (always kept); none: no hybrid")
     p.add_argument("--no-tune", action="store_true",
                    help="keep the given window and the rate-based defaults instead of "
                    "choosing them on the checkpoint's validation sessions")
@@ -613,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
             n_parity=args.parity_sessions, row_order=args.row_order,
             item_dtype=args.item_dtype, overwrite=args.overwrite,
             progress=not args.no_progress, tune_defaults=not args.no_tune,
-            session_index=args.session_index)
+            session_index=None if args.session_index == "none" else args.session_index)
     except (ParityError, FileExistsError, ValueError) as exc:
         print(f"sessrec export: error: {exc}", file=sys.stderr)
         return 1

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Hand-written mutants of the C kernels (csrc/sessrec_kernels.c and the top-k heap it
-shares with the session-kNN kernel, csrc/sessrec_heap.h), each rebuilt and run
-against the kernel tests: a mutant the tests do not kill is a path no test checks.
+"""Hand-written mutants of the C kernels (csrc/sessrec_kernels.c, the session-kNN kernel
+csrc/sessrec_sknn.c and the top-k heap both share, csrc/sessrec_heap.h), each rebuilt and
+run against the kernel tests: a mutant the tests do not kill is a path no test checks.
 
     .venv/bin/python scripts/c_mutants.py              # all mutants, ~5-8 minutes on 2 cores
     .venv/bin/python scripts/c_mutants.py batch-drop-last fold-last-step   # some of them
@@ -10,8 +10,7 @@ against the kernel tests: a mutant the tests do not kill is a path no test check
 Everything happens in a temporary copy of the tree (as scripts/sanitize.sh does): the
 repository's csrc/ and its built sessrec_sdk/_kernels*.so are never touched. For each
 mutant: apply one textual replacement (it must match exactly once), build the extension
-in the copy, run ``pytest -x`` on tests/test_kernels.py and tests/test_fuzz_kernels.py
-with the copy first on sys.path, restore the source. A mutant is "killed" when the tests
+in the copy, run ``pytest -x`` on the kernel tests (TESTS) with the copy first on sys.path, restore the source. A mutant is "killed" when the tests
 fail, "survived" when they pass, "build-error" when it does not compile. The unmutated
 source is built and tested first: it must pass (otherwise nothing can be concluded).
 Exit status: 0 if every mutant was killed, 1 otherwise.
@@ -30,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "csrc/sessrec_kernels.c"
 HEAP = "csrc/sessrec_heap.h"  # the top-k heap both kernels share
-TESTS = ["tests/test_kernels.py", "tests/test_fuzz_kernels.py"]
+SKNN = "csrc/sessrec_sknn.c"
+TESTS = ["tests/test_kernels.py", "tests/test_fuzz_kernels.py", "tests/test_sknn_kernels.py"]
 
 # (name, what the bug is, text in csrc/sessrec_kernels.c, replacement[, file if not that])
 MUTANTS = [
@@ -110,6 +110,17 @@ MUTANTS = [
     ("find-clamp", "the id lookup never finds the largest id",
      "int64_t pos = base[i] + (sorted_ids[base[i]] < want[i]);",
      "int64_t pos = base[i] + (sorted_ids[base[i]] <= want[i]);"),
+    ("sknn-decay-denominator", "session-kNN decay weights divided by u + 1 instead of u",
+     "const float pi = (float)(n - p) / (float)u;",
+     "const float pi = (float)(n - p) / (float)(u + 1);", SKNN),
+    ("sknn-anchor-off-by-one", "the shared item's place in a neighbor session taken one later",
+     "if (ix->session_items[t] == shared) { anchor = t; break; }",
+     "if (ix->session_items[t] == shared) { anchor = t + 1; break; }", SKNN),
+    ("sknn-clamp-sign", "offsets before -h clamp to +h",
+     "if (d < -half) d = -half;", "if (d < -half) d = half;", SKNN),
+    ("sknn-table-mirrored", "the position table read back to front",
+     "wt = w * ix->position_weight[d + half];", "wt = w * ix->position_weight[half - d];",
+     SKNN),
 ]
 
 

@@ -28,9 +28,13 @@ import numpy as np
 from ._version import __version__
 from .errors import ChecksumError, CorruptFileError, MissingFileError, VersionError
 from .ids import INT64_MIN, ItemIds, sorted_index
+from .kernels.sknn import MAX_POSITION_HALF
 from .pages import drop_cached
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# format 3 differs from 2 only by sknn.position_weight, which an older reader would ignore
+# (a wrong ranking in silence): bundles without one are still written as format 2
+POSITION_FORMAT_VERSION = 3
 # the oldest format this reader loads (v1: the encoder declaration was implied, see
 # encoder_spec)
 MIN_FORMAT_VERSION = 1
@@ -387,6 +391,18 @@ def _check_manifest(manifest: Any, path: Path) -> None:
                         for key in ("neighbors", "window"))):
             raise CorruptFileError(f"{where}: sknn must be an object with ints n_sessions, "
                                    f"sample (and optional neighbors, window) in [1, {INT32_MAX}]")
+        table = info.get("position_weight")
+        if table is not None and version < POSITION_FORMAT_VERSION:
+            raise CorruptFileError(f"{where}: sknn.position_weight needs format_version "
+                                   f">= {POSITION_FORMAT_VERSION}, got {version}")
+        if table is not None and not (
+                isinstance(table, list) and len(table) % 2 == 1
+                and len(table) <= 2 * MAX_POSITION_HALF + 1
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                        and math.isfinite(x) and x >= 0 for x in table)):
+            raise CorruptFileError(f"{where}: sknn.position_weight must be a list of an odd "
+                                   f"number (at most {2 * MAX_POSITION_HALF + 1}) of finite "
+                                   "numbers >= 0")
     if kind == "sknn":  # a session-kNN bundle has nothing of an encoder bundle
         stray = [k for k in ("encoder", "dim", "input_dim", "neighbors_per_item")
                  if k in manifest]
@@ -750,7 +766,8 @@ def write_bundle(
         "item_dtype": str(item_matrix.dtype),
         "neighbors_per_item": int(neighbors.shape[1])}
     manifest: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
+        "format_version": (POSITION_FORMAT_VERSION if sknn and "position_weight" in sknn
+                           else 2),
         "model": model,
         "n_items": int(n_items),
         **shapes,

@@ -118,11 +118,12 @@ class _Served:
                                       backend)
         self.knn_kernel = self.knn_sample = None
         if bundle.session_index is not None:
-            ix = bundle.session_index
+            ix, info = bundle.session_index, m["sknn"]
+            table = info.get("position_weight")  # None in bundles from before the table
             self.knn_index = SknnIndex(ix.item_indptr, ix.item_sessions, ix.session_indptr,
-                                       ix.session_items, ix.item_weight, bundle.item_category)
+                                       ix.session_items, ix.item_weight, bundle.item_category,
+                                       None if table is None else np.asarray(table, np.float32))
             self.knn_kernel = make_sknn_kernel(self.knn_index, backend)
-            info = m["sknn"]
             self.knn_sample: int = info["sample"]
             self.knn_neighbors: int = min(info.get("neighbors", 100), self.knn_sample)
             self.knn_window: int = info.get("window", m["inference"]["max_session_length"])
@@ -389,7 +390,7 @@ class Recommender:
         for the plan's window if already computed (:meth:`encode`)."""
         s = plan.served
         if plan.allowed is not None and plan.allowed.size == 0:  # nothing may be returned
-            return _empty(plan.unknown, "nothing_allowed")
+            return _empty(s, plan.unknown, "nothing_allowed")
         if plan.known.size == 0:
             return _popular(s, plan, "popularity")
         if s.knn_only:  # session-kNN: one kernel call scores the neighbor sessions' items
@@ -673,7 +674,7 @@ def _result(s: _Served, plan: CallPlan, top_rows: np.ndarray, scores: np.ndarray
     if not math.isfinite(scores.sum()):  # rows of an unverified, damaged bundle
         return _popular(s, plan, "nonfinite_scores")
     if top_rows.size == 0:
-        return _empty(plan.unknown, "no_candidates", n_cand)
+        return _empty(s, plan.unknown, "no_candidates", n_cand)
     return Recommendation(s.bundle.ids.external(top_rows), scores, None, plan.unknown, n_cand)
 
 
@@ -751,8 +752,9 @@ def _rows(s: _Served, ids, what: str) -> np.ndarray:
     return ids_map.known(ids_map.coerce(ids, what, max_len=s.limits.rule_ids))[0]
 
 
-def _empty(unknown: int, reason: str, n_candidates: int = 0) -> Recommendation:
-    return Recommendation(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32),
+def _empty(s: _Served, unknown: int, reason: str, n_candidates: int = 0) -> Recommendation:
+    """No item: ids in the catalog's own dtype (int64 or its str width), as a full result."""
+    return Recommendation(s.bundle.ids.external(_NO_ROWS), np.empty(0, dtype=np.float32),
                           reason, unknown, n_candidates)
 
 
@@ -767,7 +769,7 @@ def _popular(s: _Served, plan: CallPlan, reason: str) -> Recommendation:
         rank = s.popularity_rank()[cand]
         rank = rank[rank < len(pop)]
         if rank.size == 0:
-            return _empty(unknown, "nothing_allowed")
+            return _empty(s, unknown, "nothing_allowed")
         top = np.sort(rank)[:k]
         return Recommendation(s.bundle.ids.external(pop[top]),
                               np.asarray(pop_scores[top], dtype=np.float32), reason, unknown)

@@ -261,8 +261,11 @@ def test_evaluate_rows_json_and_plot(tiny_run, tmp_path):
     # the memoised encoder changes nothing: the same rows from plain recommend() calls
     inputs, targets = load_test_examples(root / "test.csv")
     rec = Recommender.load(bundle)
+    # the sweep is over neighbor-row candidates even when the export kept a session index
+    sweep = ({"candidates": "neighbors", "knn_weight": 0.0}
+             if rec.manifest.get("sknn") else {})
     for name, options in (("grainrec/sdk/session", {"category_filter": "session"}),
-                          ("grainrec/sdk/neighbors=5", {"neighbors": 5})):
+                          ("grainrec/sdk/neighbors=5", {"neighbors": 5, **sweep})):
         plain = evaluate_lists(name, lambda x, o=options: rec.recommend(x, k=20, **o).item_ids,
                                inputs, targets, progress=False)
         row = next(r for r in result["rows"] if r["method"] == name)

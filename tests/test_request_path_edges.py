@@ -56,6 +56,20 @@ def test_empty_results_are_typed_and_counted(rec, small_ids):
         assert out.scores.dtype == np.float32 and out.scores.shape == (0,)
 
 
+def test_empty_results_on_a_string_catalog_carry_its_dtype(str_bundle):
+    """An empty result's ids are in the catalog's own str dtype, like a full result's, so
+    a host concatenating results never meets a mixed int64/str array."""
+    rec = Recommender.load(str_bundle)
+    ids = rec.item_ids
+    full = rec.recommend(ids[:3].tolist(), k=5)
+    for session, rules in (([str(ids[0])], {"allow": ["no-such-id"]}),
+                           (["no-such-id"], {"allow": full.item_ids.tolist()[:2],
+                                             "exclude": full.item_ids.tolist()[:2]})):
+        out = rec.recommend(session, k=5, **rules)
+        assert out.fallback == "nothing_allowed" and len(out) == 0
+        assert out.item_ids.dtype == ids.dtype == full.item_ids.dtype
+
+
 # ------------------------------------------------------------------ the popularity rank
 
 

@@ -4,7 +4,8 @@ A plain-Python oracle written from the algorithm in sessrec_sdk/kernels/sknn.py 
 sorted(), numpy float32 scalars at every step) checks the numpy reference, and hypothesis
 compares all three backends with it on small random indices with many ties: repeated
 session items, short and long sessions, eviction from the candidate sessions, fewer and
-more neighbors than candidates, every filter. Scores are compared bit for bit
+more neighbors than candidates, every filter, with and without a neighbor-position
+table. Scores are compared bit for bit
 (``.view(np.uint32)``), never with a tolerance.
 """
 from __future__ import annotations
@@ -37,7 +38,8 @@ def test_all_sknn_backends_available_here():
 
 def build_index(sessions: list[list[int]], n_items: int, m_index: int,
                 weight: np.ndarray | None = None,
-                categories: np.ndarray | None = None) -> SknnIndex:
+                categories: np.ndarray | None = None,
+                position_weight: np.ndarray | None = None) -> SknnIndex:
     """The index of ``sessions`` (session j = sessions[j], items in stored order): per
     item its ``m_index`` most recent sessions, newest first."""
     lists: list[list[int]] = [[] for _ in range(n_items)]
@@ -55,7 +57,7 @@ def build_index(sessions: list[list[int]], n_items: int, m_index: int,
         session_indptr=session_indptr,
         session_items=np.array([r for x in sessions for r in x], np.int32),
         item_weight=np.ones(n_items, np.float32) if weight is None else weight,
-        categories=categories)
+        categories=categories, position_weight=position_weight)
 
 
 def query(session, sample=10, neighbors=10, k=10, exclude_session=True, session_bonus=0.0,
@@ -100,6 +102,7 @@ def oracle(index: SknnIndex, q: SknnQuery):
     nbrs = sorted(cand, key=lambda j: (-float(cand[j][0]), -j))[:q.neighbors]
     # 4. scores
     score: dict[int, np.float32] = {}
+    table = index.position_weight
     for j in nbrs:
         sim, pos = cand[j]
         lam = f32(f32(1.0) - f32(f32(0.1) * f32(pos)))
@@ -107,8 +110,15 @@ def oracle(index: SknnIndex, q: SknnQuery):
             lam = f32(0.0)
         w = f32(lam * sim)
         a, b = int(index.session_indptr[j]), int(index.session_indptr[j + 1])
-        for r in index.session_items[a:b].tolist():
-            c = f32(w * index.item_weight[r])
+        items = index.session_items[a:b].tolist()
+        shared = s[n - 1 - pos]  # the session item that brought j in
+        anchor = items.index(shared) if shared in items else len(items)
+        for t, r in enumerate(items):
+            wt = w
+            if table is not None and len(table) > 1:
+                h = len(table) // 2
+                wt = f32(w * table[h + min(h, max(-h, t - anchor))])
+            c = f32(wt * index.item_weight[r])
             score[r] = f32(score.get(r, f32(0.0)) + c)
     n_cand = len(score)
     # 5. filters and bonus
@@ -200,7 +210,13 @@ def problems(draw):
     n_cats = draw(st.integers(1, 4))
     with_cats = draw(st.booleans())
     categories = rng.integers(0, n_cats, n_items).astype(np.int32) if with_cats else None
-    index = build_index(sessions, n_items, m_index, weight.astype(np.float32), categories)
+    table = draw(st.sampled_from(["none", "one", "random", "random"]))
+    position = (None if table == "none" else np.ones(1, np.float32) if table == "one" else
+                (rng.choice(np.array([0.0, 0.5, 1.0, 3.0], np.float32),
+                            2 * draw(st.integers(1, 4)) + 1) if rng.random() < 0.5 else
+                 (rng.random(2 * draw(st.integers(1, 4)) + 1) * 4).astype(np.float32)))
+    index = build_index(sessions, n_items, m_index, weight.astype(np.float32), categories,
+                        position)
     length = draw(st.sampled_from([1, 2, 3, 5, 8, 12, 25, 4, 6, 0]))
     # repeats included; mostly items of the training sessions
     session = rng.integers(0, pool if draw(st.integers(0, 5)) else n_items, length)
@@ -259,7 +275,7 @@ def test_damaged_indices_give_the_same_outcome_everywhere(problem, data):
     bound = max(index.n_items, index.n_sessions, int(arr.max()) + 1) + 2
     arr[pos] = data.draw(st.sampled_from([-1, bound, -(2**31), 2**31 - 1, 0, bound // 2]))
     damaged = SknnIndex(**arrays, item_weight=index.item_weight,
-                        categories=index.categories)
+                        categories=index.categories, position_weight=index.position_weight)
     outcomes = {}
     for backend in BACKENDS:
         try:
@@ -323,6 +339,52 @@ def test_positions_past_ten_weigh_nothing():
     rows, scores, n = oracle(index, q)
     assert rows[:2] == [6, 5] and scores[1] == 0.0 and n == 4
     _assert_identical(_all_results(index, q), (rows, scores, n))
+
+
+def test_position_table_worked_example():
+    """Session [3, 0]: item 0 (p = 0) brings in sessions 1 and 0, item 3 (p = 1) adds to
+    session 0. Table (h = 2) [0.5, 0.5, 1, 4, 2]: in session 1 = [2, 0, 5, 6, 7] the shared
+    item 0 is at place 1, so 2 weighs 0.5 (offset -1), 5 weighs 4 (+1), 6 weighs 2 (+2)
+    and 7 (+3, clamped to +2) 2."""
+    table = np.array([0.5, 0.5, 1, 4, 2], np.float32)
+    sessions = [[3, 0, 8], [2, 0, 5, 6, 7]]
+    index = build_index(sessions, 10, 10, position_weight=table)
+    q = query([3, 0], k=10)
+    rows, scores, n = oracle(index, q)
+    # sims: session 1: 1 (pos 0), session 0: 1 + 1/2 (pos 0); both w = sim
+    f = np.float32
+    expected = {5: f(4), 6: f(2), 7: f(2), 2: f(0.5), 8: f(f(1.5) * f(4))}
+    assert rows == sorted(expected, key=lambda r: (-expected[r], r))
+    assert _bits(scores).tolist() == _bits([expected[r] for r in rows]).tolist()
+    assert n == 7
+    _assert_identical(_all_results(index, q), (rows, scores, n))
+
+
+def test_a_table_of_ones_changes_no_bit():
+    """Without a table every place weighs 1: a table of ones gives the same bits."""
+    rng = np.random.default_rng(3)
+    sessions = [rng.permutation(12)[:rng.integers(1, 8)].tolist() for _ in range(40)]
+    weight = (rng.random(12) * 2).astype(np.float32)
+    plain = build_index(sessions, 12, 20, weight)
+    ones = build_index(sessions, 12, 20, weight, position_weight=np.ones(7, np.float32))
+    for length in (1, 3, 6):
+        q = query(rng.integers(0, 12, length), sample=15, neighbors=6, k=12,
+                  exclude_session=False, session_bonus=0.5)
+        a = _assert_identical(_all_results(plain, q))
+        b = _assert_identical(_all_results(ones, q))
+        assert a[0].tolist() == b[0].tolist() and np.array_equal(_bits(a[1]), _bits(b[1]))
+
+
+def test_bad_position_tables_are_refused():
+    index = _tiny()
+    parts = dict(item_indptr=index.item_indptr, item_sessions=index.item_sessions,
+                 session_indptr=index.session_indptr, session_items=index.session_items,
+                 item_weight=index.item_weight)
+    for bad in (np.ones(4, np.float32), np.ones(3, np.float64), np.ones((3, 1), np.float32),
+                np.array([1, np.nan, 1], np.float32), np.array([1, -1, 1], np.float32),
+                np.ones(2 * 1024 + 3, np.float32)):
+        with pytest.raises(ValueError, match="position_weight"):
+            SknnIndex(**parts, position_weight=bad)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -13,7 +13,12 @@ from test_export_evaluate import _slice_csv  # tests/ is on sys.path under pytes
 from export_tools import data as D
 from export_tools.evaluate import RepeatBaseline, TransitionBaseline, VsknnBaseline, evaluate
 from export_tools.export import export_bundle
-from export_tools.models.sknn import KnnRecommender, build_index, load_sknn
+from export_tools.models.sknn import (
+    KnnRecommender,
+    build_index,
+    load_sknn,
+    position_table,
+)
 from export_tools.train import load_training_data
 from export_tools.train import main as train_main
 from sessrec_sdk import Recommender
@@ -96,7 +101,7 @@ def test_bundle_serves_what_the_index_answers(knn_run):
     config, index = load_sknn(root / "ckpt")
     s = config["model_config"]
     knn = KnnRecommender(index, sample=s["sample"], neighbors=s["neighbors"],
-                         window=s["window"])
+                         window=s["window"], position=position_table(s))
     sessions, catalog = load_training_data(root / "train.csv", keep_repeats=True)
     ids = np.asarray(catalog.item_ids)
     rng = np.random.default_rng(0)
@@ -108,6 +113,62 @@ def test_bundle_serves_what_the_index_answers(knn_run):
         assert out.scores.view(np.uint32).tolist() == scores.view(np.uint32).tolist()
         assert out.n_candidates >= len(out)
     assert rec.recommend([], k=5).fallback == "popularity"
+
+
+def test_position_table_hand_values():
+    assert position_table({}) is None  # V-SKNN: every place weighs 1
+    assert position_table({"position_after": 0.0, "position_before": 1.0}) is None
+    t = position_table({"position_after": 3.0, "position_decay": 2.0, "position_before": 0.5})
+    assert t.dtype == np.float32 and t.shape == (17,)
+    # offsets -8..8: 0.5 ahead of the shared item, 1 on it, 1 + 3 exp(-(d - 1) / 2) after
+    assert t[:8].tolist() == [0.5] * 8 and t[8] == 1.0
+    np.testing.assert_array_equal(t[9:], np.float32(1 + 3 * np.exp(-np.arange(8) / 2.0)))
+    assert t[9] == 4.0
+
+
+def test_bundle_carries_the_position_table(knn_run, tmp_path):
+    """A setting with a neighbor-position table: the checkpoint records it, the bundle's
+    manifest holds the table's float32 values, and the SDK answers what the training-side
+    kernel with that table answers, bit for bit."""
+    root, _, _ = knn_run
+    setting = {"position_after": 3.0, "position_decay": 2.0, "position_before": 0.25}
+    code = train_main(["--model", "sknn", "--preset", "fast", "--train",
+                       str(root / "train.csv"), "--keep-repeats", "--out",
+                       str(tmp_path / "ckpt"), "--set", "tune=false",
+                       *(a for k, v in setting.items() for a in ("--set", f"{k}={v}"))])
+    assert code == 0
+    config, index = load_sknn(tmp_path / "ckpt")
+    s = config["model_config"]
+    assert {k: s[k] for k in setting} == setting
+    bundle, _ = export_bundle(tmp_path / "ckpt", tmp_path / "bundle")
+    rec = Recommender.load(bundle, verify=True)
+    table = position_table(s)
+    assert rec.manifest["sknn"]["position_weight"] == table.tolist()
+    assert rec.manifest["format_version"] == 3
+    assert np.array_equal(rec._served.knn_index.position_weight, table)
+    knn = KnnRecommender(index, sample=s["sample"], neighbors=s["neighbors"],
+                         window=s["window"], position=table)
+    plain = KnnRecommender(index, sample=s["sample"], neighbors=s["neighbors"],
+                           window=s["window"])
+    sessions, catalog = load_training_data(root / "train.csv", keep_repeats=True)
+    ids = np.asarray(catalog.item_ids)
+    differ = 0
+    for x in sessions[:60]:
+        out = rec.recommend(ids[x[:-1]] if len(x) > 1 else ids[x], k=20)
+        q = x[:-1] if len(x) > 1 else x
+        rows, scores = knn.top(q, 20, s["exclude_session_items"], s["repeat_bonus"])
+        assert out.item_ids.tolist() == ids[rows].tolist()
+        assert out.scores.view(np.uint32).tolist() == scores.view(np.uint32).tolist()
+        differ += not np.array_equal(plain.top(q, 20)[1], scores)
+    assert differ > 0  # the table changed some answers: it is not silently dropped
+
+
+def test_bad_position_settings_are_refused(knn_run, tmp_path):
+    root, _, _ = knn_run
+    for bad in ("position_decay=0", "position_after=-1", "position_before=\"x\""):
+        with pytest.raises(ValueError, match="position_decay > 0"):
+            train_main(["--model", "sknn", "--train", str(root / "train.csv"),
+                        "--keep-repeats", "--out", str(tmp_path / "x"), "--set", bad])
 
 
 def test_sknn_bundle_refuses_what_it_cannot_do(knn_run):
@@ -302,6 +363,13 @@ def test_damaged_sknn_manifest_and_weights_are_refused_at_load(knn_run, hybrid_r
     cases = {
         # a count no kernel call could take: refused at load, naming the manifest
         "sample": (bundle, manifest(lambda m: m["sknn"].update(sample=2**31)), "sknn"),
+        "position": (bundle, manifest(lambda m: (m.update(format_version=3), m["sknn"].update(
+            position_weight=[1.0, -1.0, 1.0]))), "position_weight must be"),
+        "position-even": (bundle, manifest(lambda m: (m.update(format_version=3), m[
+            "sknn"].update(position_weight=[1.0, 1.0]))), "position_weight must be"),
+        # a format-2 reader would ignore the table: a format-2 manifest may not hold one
+        "position-v2": (bundle, manifest(lambda m: (m.update(format_version=2), m[
+            "sknn"].update(position_weight=[1.0]))), "needs format_version >= 3"),
         "max_candidates": (hybrid, manifest(lambda m: m["defaults"].update(
             max_candidates=10**12)), "max_candidates"),
         # an encoder bundle relabelled as session-kNN must not silently drop its encoder

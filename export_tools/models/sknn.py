@@ -12,9 +12,11 @@ the export's checks, the evaluation and serving all run the same code.
 1. split the training sessions: the most recent ``valid_fraction`` are the validation
    sessions (as the bundle will serve sessions later than its training data);
 2. index the rest and evaluate a small grid around the preset (neighbor sessions, idf
-   weighting, session window) on the validation sessions, then the repeat handling (never
-   recommend session items, or recommend them with a bonus); the most accurate setting
-   (HR@20, then MRR@20) wins and every trial's figures are recorded;
+   weighting, session window, the neighbor-position table of STAN, Garg et al. SIGIR 2019:
+   how much an item gains by following the shared item closely in a neighbor session) on
+   the validation sessions, then the repeat handling (never recommend session items, or
+   recommend them with a bonus); the most accurate setting (HR@20, then MRR@20) wins and
+   every trial's figures are recorded;
 3. index all training sessions (validation included: the most recent sessions are the
    most useful neighbors) with the chosen setting and write a checkpoint directory:
    ``config.json``, the catalog and the index arrays (``.npy``, no pickle).
@@ -37,14 +39,25 @@ from ..metrics import list_rank, ranking_metrics
 #: (k=100 neighbor sessions, linear decay, a sample of the 500 most recent candidate
 #: sessions, whole session); ``paper``: VMIS-kNN with the defaults of Serenade's
 #: configuration (m=500 most recent sessions, k=500 neighbors, idf item weights, the last
-#: 2 session items). Training tunes around them on validation sessions (``tune``).
+#: 2 session items). Neither weighs an item by its place in a neighbor session
+#: (``position_after`` 0, ``position_before`` 1: see :func:`position_table`). Training
+#: tunes around them on validation sessions (``tune``).
 PRESETS = {
-    "fast": {"sample": 500, "neighbors": 100, "idf": False, "window": 200, "tune": True},
-    "paper": {"sample": 500, "neighbors": 500, "idf": True, "window": 2, "tune": True},
+    "fast": {"sample": 500, "neighbors": 100, "idf": False, "window": 200,
+             "position_after": 0.0, "position_decay": 1.0, "position_before": 1.0,
+             "tune": True},
+    "paper": {"sample": 500, "neighbors": 500, "idf": True, "window": 2,
+              "position_after": 0.0, "position_decay": 1.0, "position_before": 1.0,
+              "tune": True},
 }
 #: The grid tried on the validation sessions (besides the preset's own values).
 GRID = {"window": (2, 5, 20, 200), "neighbors": (50, 100, 200, 500), "idf": (False, True),
-        "sample": (250, 500, 1000)}
+        "sample": (250, 500, 1000), "position_after": (1.0, 3.0, 10.0, 30.0),
+        "position_decay": (1.0, 2.0, 4.0, 8.0, 16.0, 64.0), "position_before": (1.0, 0.5, 0.25, 0.0)}
+#: the settings that make the neighbor-position table
+POSITION_KEYS = ("position_after", "position_decay", "position_before")
+#: offsets past +-POSITION_HALF weigh as +-POSITION_HALF
+POSITION_HALF = 8
 #: Repeat bonuses tried, as multiples of the median top-1 kNN score on validation;
 #: None = session items are never recommended.
 BONUS_MULTIPLES = (None, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 1e3)
@@ -91,11 +104,38 @@ def build_index(sessions: Sequence[np.ndarray], n_items: int, *, sample: int,
             "item_weight": weight.astype(np.float32)}
 
 
+def position_table(setting: dict) -> np.ndarray | None:
+    """The kernel's neighbor-position table of a setting (None: every place weighs 1).
+
+    An item at offset d from the shared item in a neighbor session weighs
+    ``1 + after * exp(-(d - 1) / decay)`` after it (d >= 1), ``before`` ahead of it
+    (d <= -1) and 1 at d = 0; offsets clamp to +-POSITION_HALF. STAN (Garg et al.) weighs
+    both sides by ``exp(-|d| / lambda)``; here the items that follow, the likely next
+    clicks, get the boost on top of the plain V-SKNN weight, so ``after = 0, before = 1``
+    is V-SKNN itself."""
+    after, decay, before = (float(setting.get(k, d)) for k, d in
+                            zip(POSITION_KEYS, (0.0, 1.0, 1.0)))
+    if after == 0.0 and before == 1.0:
+        return None
+    d = np.arange(-POSITION_HALF, POSITION_HALF + 1)
+    table = np.ones(d.shape[0])
+    table[d > 0] = 1.0 + after * np.exp(-(d[d > 0] - 1) / decay)
+    table[d < 0] = before
+    return table.astype(np.float32)
+
+
+def position_entry(setting: dict) -> dict:
+    """The manifest's ``sknn.position_weight`` of a setting (float32 values, which JSON
+    keeps exactly), or nothing when every place weighs 1."""
+    table = position_table(setting)
+    return {} if table is None else {"position_weight": [float(x) for x in table]}
+
+
 def make_kernel(index: dict[str, np.ndarray], categories: np.ndarray | None = None,
-                backend: str = "auto"):
+                backend: str = "auto", position: np.ndarray | None = None):
     from sessrec_sdk.kernels.sknn import SknnIndex, make_sknn_kernel
 
-    sk = SknnIndex(*(index[name] for name in INDEX_FILES), categories)
+    sk = SknnIndex(*(index[name] for name in INDEX_FILES), categories, position)
     return sk, make_sknn_kernel(sk, backend)
 
 
@@ -104,11 +144,12 @@ class KnnRecommender:
     the V-SKNN baseline of the evaluation (the same kernel the SDK serves)."""
 
     def __init__(self, index: dict[str, np.ndarray], *, sample: int, neighbors: int,
-                 window: int, categories: np.ndarray | None = None, backend: str = "auto"):
+                 window: int, categories: np.ndarray | None = None, backend: str = "auto",
+                 position: np.ndarray | None = None):
         from sessrec_sdk.kernels.sknn import SknnScratch
 
         self.categories = None if categories is None else np.asarray(categories, np.int32)
-        self.index, self.kernel = make_kernel(index, self.categories, backend)
+        self.index, self.kernel = make_kernel(index, self.categories, backend, position)
         self.scratch = SknnScratch(self.index.n_items, self.index.n_sessions, sample)
         self.sample, self.neighbors, self.window = sample, neighbors, window
         self._none = np.empty(0, np.int32)
@@ -148,6 +189,12 @@ def _better(a: dict, b: dict | None) -> bool:
     return b is None or (a["HR@20"], a["MRR@20"]) > (b["HR@20"], b["MRR@20"])
 
 
+def _same_table(a: dict, b: dict) -> bool:
+    ta, tb = position_table(a), position_table(b)
+    return (ta is None and tb is None) or (
+        ta is not None and tb is not None and np.array_equal(ta, tb))
+
+
 def tune(train_rows: list[np.ndarray], valid_rows: list[np.ndarray], n_items: int,
          preset: dict, categories: np.ndarray | None = None,
          log: Callable[[str], None] = print) -> tuple[dict, list[dict]]:
@@ -158,7 +205,7 @@ def tune(train_rows: list[np.ndarray], valid_rows: list[np.ndarray], n_items: in
     the events before it."""
     valid = [np.asarray(s) for s in valid_rows if len(s) >= 2]
     inputs, targets = [s[:-1] for s in valid], np.array([s[-1] for s in valid])
-    best = {k: preset[k] for k in ("sample", "neighbors", "idf", "window")}
+    best = {k: preset[k] for k in ("sample", "neighbors", "idf", "window", *POSITION_KEYS)}
     best.update(category_filter="none", exclude_session_items=False, repeat_bonus=0.0)
     trials: list[dict] = []
     indexes: dict[tuple[bool, int], dict] = {}  # the index a setting is served from
@@ -169,10 +216,13 @@ def tune(train_rows: list[np.ndarray], valid_rows: list[np.ndarray], n_items: in
             indexes[key] = build_index(train_rows, n_items, sample=key[1], idf=key[0])
         return indexes[key]
 
+    def recommender(setting: dict) -> KnnRecommender:
+        return KnnRecommender(index_of(setting), sample=setting["sample"],
+                              neighbors=setting["neighbors"], window=setting["window"],
+                              categories=categories, position=position_table(setting))
+
     def run(setting: dict) -> dict:
-        rec = KnnRecommender(index_of(setting), sample=setting["sample"],
-                             neighbors=setting["neighbors"], window=setting["window"],
-                             categories=categories)
+        rec = recommender(setting)
         t0 = time.perf_counter()
         m = _metrics(lambda x: rec.top(x, 20, setting["exclude_session_items"],
                                        setting["repeat_bonus"], setting["category_filter"])[0],
@@ -191,13 +241,13 @@ def tune(train_rows: list[np.ndarray], valid_rows: list[np.ndarray], n_items: in
             if value == best[key]:
                 continue
             trial = {**best, key: value}
+            if key in POSITION_KEYS and _same_table(trial, best):
+                continue  # e.g. another decay while nothing follows with a boost
             m = run(trial)
             if _better(m, best_m):
                 best, best_m = trial, m
     # repeat handling: the bonus in units of the median top-1 score on validation
-    rec = KnnRecommender(index_of(best), sample=best["sample"],
-                         neighbors=best["neighbors"], window=best["window"],
-                         categories=categories)
+    rec = recommender(best)
     tops = [rec.top(x, 1, category_filter=best["category_filter"])[1] for x in inputs[:2000]]
     unit = float(np.median([t[0] for t in tops if t.size])) if tops else 1.0
     base = dict(best)
@@ -226,11 +276,16 @@ def train_sknn(preset_name: str, sessions: list[np.ndarray], catalog: D.Catalog,
     unknown = set(preset) - set(PRESETS["fast"])
     if unknown:
         raise ValueError(f"unknown settings for sknn: {sorted(unknown)}")
+    after, decay, before = (preset[k] for k in POSITION_KEYS)
+    if not (all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                for v in (after, decay, before)) and after >= 0 and decay > 0 and before >= 0):
+        raise ValueError("sknn needs position_after >= 0, position_decay > 0 and "
+                         "position_before >= 0")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     trials: list[dict] = []
-    chosen = {k: preset[k] for k in ("sample", "neighbors", "idf", "window")}
+    chosen = {k: preset[k] for k in ("sample", "neighbors", "idf", "window", *POSITION_KEYS)}
     chosen.update(category_filter="none", exclude_session_items=False, repeat_bonus=0.0)
     train_s, valid_s = D.split_validation(sessions, valid_fraction, 0, valid_split)
     categories = np.asarray(catalog.categories) if catalog.n_categories else None

@@ -16,7 +16,13 @@ step by step in float32, so that all three return identical rows and scores:
 3. neighbors: the ``neighbors`` sessions of R with the highest sim, ties to the larger
    (more recent) session id, in that rank order;
 4. scores: per neighbor j, ``w = max(0, 1 - 0.1 * pos_j) * sim_j``, and per item r of j in
-   stored order ``score[r] += w * item_weight[r]``; the touched items are the candidates;
+   stored order ``score[r] += (w * position_weight[h + clamp(t - a, -h, h)]) * item_weight[r]``
+   where t is r's place in j's list, a the place of the session item that brought j into
+   R (the session's item at p = pos_j; the list's length if j lacks it) and h the table's
+   half-width (a table of 2h + 1 entries; none, h = 0: the factor is left out, as it is 1);
+   the touched items are the candidates. The table is STAN's neighbor-position weighting
+   (Garg et al., SIGIR 2019) in a form every backend reads the same: what follows the
+   shared item in a similar session tends to follow it in this one;
 5. filters: excluded rows, the allow-list, the category filter; a session item is dropped
    when ``exclude_session``, else gets ``+ session_bonus``;
 6. the best k by score, ties by the smaller row.
@@ -39,6 +45,9 @@ from .common import BACKENDS, RowRangeError, backend_class, importable_backends
 
 # the arrays IndexRangeError can name, by their code in the C and Numba kernels
 INDEX_ARRAYS = ("item_indptr", "item_sessions", "session_indptr", "session_items")
+
+#: the largest half-width h of a position table
+MAX_POSITION_HALF = 1024
 
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
@@ -81,6 +90,9 @@ class SknnIndex:
     session_items: np.ndarray    # int32: the distinct items of each session
     item_weight: np.ndarray      # float32 [n_items]
     categories: np.ndarray | None = None  # int32 [n_items]
+    #: float32 [2h + 1], the weight of an item by its place relative to the shared item in
+    #: a neighbor session (offsets -h..h, clamped); None: every place weighs 1
+    position_weight: np.ndarray | None = None
 
     def __post_init__(self):
         # shapes and types only (O(1)): the contents are checked where a call reads them
@@ -93,6 +105,15 @@ class SknnIndex:
         _check_array("item_weight", self.item_weight, np.float32, self.n_items)
         if self.categories is not None:
             _check_array("categories", self.categories, np.int32, self.n_items)
+        if self.position_weight is not None:
+            _check_array("position_weight", self.position_weight, np.float32)
+            n = self.position_weight.shape[0]
+            if n % 2 != 1 or n > 2 * MAX_POSITION_HALF + 1:
+                raise ValueError(f"position_weight must have an odd number of entries, at "
+                                 f"most {2 * MAX_POSITION_HALF + 1}, got {n}")
+            if not (np.isfinite(self.position_weight).all()
+                    and (self.position_weight >= 0).all()):
+                raise ValueError("position_weight must be finite and >= 0")
         if self.n_sessions > 2**31 - 1:
             raise ValueError("session ids are int32: at most 2**31 - 1 sessions")
 
@@ -103,6 +124,12 @@ class SknnIndex:
     @property
     def n_sessions(self) -> int:
         return self.session_indptr.shape[0] - 1
+
+    @property
+    def position_half(self) -> int:
+        """h of the position table (0: no table)."""
+        pw = self.position_weight
+        return 0 if pw is None else (pw.shape[0] - 1) // 2
 
 
 class SknnQuery(NamedTuple):
@@ -273,6 +300,7 @@ def sknn_top_k(index: SknnIndex, q: SknnQuery) -> tuple[np.ndarray, np.ndarray, 
     rank = np.lexsort((-ids, -sims))[:q.neighbors]
     # 4. scores: every neighbor's items in rank order, accumulated one by one
     lists, weights = [], []
+    half = index.position_half
     for j in ids[rank].tolist():
         lam = np.float32(_F1 - np.float32(_F01 * np.float32(pos[j])))
         if lam < _F0:
@@ -285,7 +313,14 @@ def sknn_top_k(index: SknnIndex, q: SknnQuery) -> tuple[np.ndarray, np.ndarray, 
         if bad.any():
             raise IndexRangeError("session_items", a + int(np.argmax(bad)))
         lists.append(rows)
-        weights.append(np.full(len(rows), w, dtype=np.float32))
+        if half:
+            anchor = session[n - 1 - pos[j]]
+            where = np.flatnonzero(rows == anchor)
+            a_t = int(where[0]) if where.size else len(rows)
+            offset = np.clip(np.arange(len(rows)) - a_t, -half, half) + half
+            weights.append(w * index.position_weight[offset])  # float32 products
+        else:
+            weights.append(np.full(len(rows), w, dtype=np.float32))
     if not lists:
         return _EMPTY_ROWS.copy(), _EMPTY_SCORES.copy(), 0
     touched = np.concatenate(lists)

@@ -48,6 +48,8 @@ class CSknnKernel:
         ix.n_session_items = index.session_items.shape[0]
         ix.item_weight = _ptr("float *", index.item_weight)
         ix.categories = _ptr("int32_t *", index.categories)
+        ix.position_weight = _ptr("float *", index.position_weight)
+        ix.position_half = index.position_half
 
     @staticmethod
     def _pin(scratch: SknnScratch):

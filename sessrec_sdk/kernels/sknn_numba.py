@@ -120,7 +120,7 @@ def _bad_bounds(indptr, i, n_data):
 
 @numba.njit(cache=True, nogil=True)
 def sr_sknn_top_k(item_indptr, item_sessions, session_indptr, session_items, item_weight,
-                  categories, session, sample, neighbors, k, exclude_session, session_bonus,
+                  categories, position_weight, half, session, sample, neighbors, k, exclude_session, session_bonus,
                   excluded, allowed, use_allowed, allowed_cats, use_cats,
                   item_seen, item_touched, item_excluded, item_allowed, item_score, item_list,
                   item_pos, session_mark, session_slot, heap, slot_session, slot_sim,
@@ -229,7 +229,15 @@ def sr_sknn_top_k(item_indptr, item_sessions, session_indptr, session_items, ite
             error[0] = 2
             error[1] = bad
             return ERR_INDEX_RANGE, 0
-        for t in range(session_indptr[j], session_indptr[j + 1]):
+        lo, hi = session_indptr[j], session_indptr[j + 1]
+        anchor = hi  # the place of the shared item (the list's end if absent)
+        if half > 0:
+            shared = session[n - 1 - slot_pos[s]]
+            for t in range(lo, hi):
+                if session_items[t] == shared:
+                    anchor = t
+                    break
+        for t in range(lo, hi):
             r = session_items[t]
             if r < 0 or r >= n_items:
                 error[0] = 3
@@ -240,7 +248,15 @@ def sr_sknn_top_k(item_indptr, item_sessions, session_indptr, session_items, ite
                 item_score[r] = _F0
                 item_list[n_cand] = r
                 n_cand += 1
-            c = w * item_weight[r]
+            wt = w
+            if half > 0:
+                d = t - anchor
+                if d > half:
+                    d = half
+                if d < -half:
+                    d = -half
+                wt = w * position_weight[d + half]
+            c = wt * item_weight[r]
             item_score[r] = item_score[r] + c
 
     # 5. filters and bonus, 6. the best k
@@ -275,6 +291,7 @@ def sr_sknn_top_k(item_indptr, item_sessions, session_indptr, session_items, ite
 
 
 _EMPTY_I32 = np.empty(0, dtype=np.int32)
+_EMPTY_F32 = np.empty(0, dtype=np.float32)
 
 
 class NumbaSknnKernel:
@@ -283,6 +300,8 @@ class NumbaSknnKernel:
     def __init__(self, index: SknnIndex):
         self.index = index
         self._categories = _EMPTY_I32 if index.categories is None else index.categories
+        self._position = (_EMPTY_F32 if index.position_weight is None
+                          else index.position_weight)
 
     def warm_up(self) -> None:
         """Compile (or load from the on-disk cache) outside of any timed call."""
@@ -309,7 +328,8 @@ class NumbaSknnKernel:
         s = scratch
         n, n_cand = sr_sknn_top_k(
             index.item_indptr, index.item_sessions, index.session_indptr,
-            index.session_items, index.item_weight, self._categories,
+            index.session_items, index.item_weight, self._categories, self._position,
+            np.int64(index.position_half),
             q.session, np.int64(q.sample), np.int64(q.neighbors), np.int64(k),
             bool(q.exclude_session), np.float32(q.session_bonus), q.excluded,
             _EMPTY_I32 if q.allowed is None else q.allowed, q.allowed is not None,
