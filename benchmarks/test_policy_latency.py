@@ -12,8 +12,8 @@ backend, one thread:
 - hybrid bundles (``SESSREC_BENCH_HYBRID_BUNDLES``, an encoder and a session index): their
   defaults (``candidates="sessions"``, the kNN score blended in with ``knn_weight``) and
   the same bundle with ``candidates="neighbors"``;
-- what the hybrids are compared with (``SESSREC_BENCH_HYBRID_BASELINES``): the plain
-  neural bundle and the session-kNN bundles of the same data, with their defaults.
+- what the hybrids are compared with (``SESSREC_BENCH_HYBRID_BASELINES``): the
+  session-kNN bundles of the same data, with their defaults.
 
 Every option a row does not name takes the bundle's default; each row records the options
 in effect (from ``Recommender.plan``). A bundle or test file that is missing skips its row

@@ -24,7 +24,7 @@ MUTATE=${MUTATE:-"sessrec_sdk/ids.py sessrec_sdk/recommender.py sessrec_sdk/resu
 sessrec_sdk/kernels/__init__.py sessrec_sdk/kernels/common.py sessrec_sdk/kernels/reference.py \
 sessrec_sdk/kernels/c_backend.py export_tools/metrics.py export_tools/defaults.py"}
 TESTS=${TESTS:-"tests/test_kernels.py tests/test_recommender.py tests/test_bad_input.py \
-tests/test_ids.py tests/test_candidate_policies.py tests/test_sknn_model.py \
+tests/test_ids.py tests/test_request_path_edges.py tests/test_candidate_policies.py tests/test_sknn_model.py \
 tests/test_cli.py::test_recommend_many_equals_recommend \
 tests/test_metrics.py tests/test_defaults.py \
 tests/test_export_evaluate.py::test_popularity_order_and_ties_hand_counted \
