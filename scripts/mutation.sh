@@ -23,9 +23,17 @@ CHILDREN=${CHILDREN:-2}
 MUTATE=${MUTATE:-"sessrec_sdk/ids.py sessrec_sdk/recommender.py sessrec_sdk/result.py \
 sessrec_sdk/kernels/__init__.py sessrec_sdk/kernels/common.py sessrec_sdk/kernels/reference.py \
 sessrec_sdk/kernels/c_backend.py export_tools/metrics.py export_tools/defaults.py"}
+# the session-kNN model tests (tests/test_sknn_model.py) train models in module fixtures,
+# which every mutant's run would repeat (minutes each): the hybrid path is checked here by
+# tests/test_hybrid_synthetic.py, and recommend_many by its tests on synthetic bundles
+RM=tests/test_recommend_many.py
 TESTS=${TESTS:-"tests/test_kernels.py tests/test_recommender.py tests/test_bad_input.py \
-tests/test_ids.py tests/test_request_path_edges.py tests/test_candidate_policies.py tests/test_sknn_model.py \
-tests/test_cli.py::test_recommend_many_equals_recommend \
+tests/test_ids.py tests/test_request_path_edges.py tests/test_candidate_policies.py \
+tests/test_hybrid_synthetic.py tests/test_cli.py::test_recommend_many_equals_recommend \
+$RM::test_session_knn_bundle_skips_the_encoder \
+$RM::test_bad_input_in_one_session_raises_what_recommend_raises \
+$RM::test_batched_synthetic_equals_recommend $RM::test_a_bad_batch_value_is_refused \
+$RM::test_batch_key_must_match_the_encoder $RM::test_a_batched_run_that_loses_sessions_is_refused \
 tests/test_metrics.py tests/test_defaults.py \
 tests/test_export_evaluate.py::test_popularity_order_and_ties_hand_counted \
 tests/test_export_evaluate.py::test_choose_defaults_follow_the_data \

@@ -1,0 +1,150 @@
+"""The hybrid request path ("sessions" candidates: session-kNN candidates scored by the
+model, the kNN score blended in) on a small synthetic bundle: seconds, no training, so
+that every mutant of that path meets a test in the mutation runs (scripts/mutation.sh).
+
+Each answer is recomputed from scratch: the numpy session-kNN reference on the bundle's
+index, the encoder's query times the item matrix, the blend written out. The trained
+hybrid is tested in tests/test_sknn_model.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from export_tools.models.sknn import build_index, position_table
+from export_tools.synthetic import build_synthetic_bundle
+from sessrec_sdk import Recommender
+from sessrec_sdk.bundle import SessionIndex, read_bundle, write_bundle
+from sessrec_sdk.kernels.sknn import SknnIndex, SknnQuery, sknn_top_k
+
+N_ITEMS, SAMPLE, NEIGHBORS, WINDOW, MAX_CANDIDATES = 300, 40, 15, 4, 60
+TABLE = {"position_after": 3.0, "position_decay": 2.0, "position_before": 0.5}
+
+
+def _training_sessions(n_items: int, rng) -> list[np.ndarray]:
+    return [rng.choice(n_items, int(rng.integers(2, 9)), replace=False)
+            for _ in range(500)]
+
+
+@pytest.fixture(scope="module", params=["plain", "table"])
+def hybrid(request, tmp_path_factory):
+    """(bundle path, its index arrays as an SknnIndex): a synthetic encoder bundle plus a
+    session index over random sessions, with and without a neighbor-position table."""
+    root = tmp_path_factory.mktemp("hybrid")
+    base = build_synthetic_bundle(root / "base", n_items=N_ITEMS, dim=16, neighbors=10,
+                                  seed=5, row_order="given")
+    b = read_bundle(base)
+    index = build_index(_training_sessions(N_ITEMS, np.random.default_rng(3)), N_ITEMS,
+                        sample=SAMPLE, idf=True)
+    arrays = SessionIndex(index["item_indptr"], index["item_sessions"],
+                          index["session_indptr"], index["session_items"],
+                          index["item_weight"])
+    table = position_table(TABLE) if request.param == "table" else None
+    sknn = {"n_sessions": 500, "sample": SAMPLE, "idf": True, "neighbors": NEIGHBORS,
+            "window": WINDOW, **({} if table is None else
+                                 {"position_weight": [float(x) for x in table]})}
+    out = write_bundle(
+        root / "hybrid", encoder=b.path / "encoder.onnx",
+        item_matrix=np.asarray(b.item_matrix), neighbors=np.asarray(b.neighbors),
+        item_ids=np.asarray(b.ids.in_row_order), popularity=np.asarray(b.popularity),
+        popularity_scores=np.asarray(b.popularity_scores),
+        item_category=np.asarray(b.item_category), model=b.manifest["model"],
+        inference={"max_session_length": 3, "session_filter": "none"},
+        defaults={"k": 10, "category_filter": "none", "exclude_session_items": True,
+                  "candidates": "sessions", "knn_weight": 2.0,
+                  "max_candidates": MAX_CANDIDATES},
+        session_index=arrays, sknn=sknn)
+    ref = SknnIndex(*(index[f] for f in ("item_indptr", "item_sessions", "session_indptr",
+                                         "session_items", "item_weight")),
+                    np.asarray(b.item_category), table)
+    return out, ref
+
+
+def _knn_reference(ref: SknnIndex, rows: np.ndarray, k: int):
+    """The kNN candidates of the "sessions" policy: the reference kernel over the last
+    WINDOW known rows, the index's neighbors, session items included without bonus."""
+    window = np.ascontiguousarray(rows[-WINDOW:].astype(np.int32))
+    q = SknnQuery(session=window, sample=SAMPLE, neighbors=NEIGHBORS, k=k,
+                  exclude_session=False, session_bonus=0.0,
+                  excluded=np.empty(0, np.int32), allowed=None, allowed_cats=None)
+    top, scores, _ = sknn_top_k(ref, q)
+    return top, scores
+
+
+def _sessions(rec, n: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.choice(rec.n_items, int(rng.integers(1, 7)), replace=False)
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("weight", [0.0, 2.0, 0.5])
+def test_hybrid_answer_recomputed_from_scratch(hybrid, weight):
+    """Rows and scores of candidates="sessions": the kNN reference's top MAX_CANDIDATES
+    rows minus the session's items, each scored query . row + weight * its kNN score over
+    the call's top kNN score, best 10 by that, ties to the smaller row."""
+    path, ref = hybrid
+    rec = Recommender.load(path)
+    matrix = np.asarray(rec.bundle.item_matrix, np.float32)
+    assert rec.manifest["defaults"]["candidates"] == "sessions"
+    checked = 0
+    for rows in _sessions(rec, 60, 11):
+        session = rec.item_ids[rows]
+        out = rec.recommend(session, knn_weight=weight)
+        knn_rows, knn_scores = _knn_reference(ref, rows, MAX_CANDIDATES)
+        keep = ~np.isin(knn_rows, rows)
+        cand, cand_knn = knn_rows[keep], knn_scores[keep]
+        if cand.size == 0:  # nothing but the session's own items: nothing to compare
+            continue
+        q = rec.query(session)
+        model = matrix[cand] @ q
+        blend = (model + np.float32(weight) * (cand_knn / knn_scores.max())).astype(np.float32)
+        order = np.lexsort((cand, -blend))[:10]
+        got = rec.bundle.ids.rows(out.item_ids)
+        assert got.tolist() == cand[order].tolist(), rows
+        np.testing.assert_allclose(out.scores, blend[order], rtol=0, atol=1e-5)
+        assert out.fallback is None and out.unknown == 0
+        checked += 1
+    assert checked >= 40
+
+
+def test_session_items_may_come_back_with_a_bonus(hybrid):
+    """exclude_session_items=False with a bonus larger than any score: the session's
+    items come first, then the kNN candidates as without them."""
+    path, ref = hybrid
+    rec = Recommender.load(path)
+    for rows in _sessions(rec, 20, 12):
+        session = rec.item_ids[rows]
+        own = np.unique(rows)
+        out = rec.recommend(session, k=len(own) + 5, exclude_session_items=False,
+                            repeat_bonus=1e4)
+        got = rec.bundle.ids.rows(out.item_ids)
+        assert set(got[:len(own)].tolist()) == set(own.tolist())
+        assert (out.scores[:len(own)] > 1e4 - 100).all()
+        rest = rec.recommend(session, k=5, exclude_session_items=True)
+        assert got[len(own):].tolist() == rec.bundle.ids.rows(rest.item_ids).tolist()
+
+
+def test_max_candidates_bounds_the_knn_step(hybrid):
+    """max_candidates=m: only the kNN reference's top m rows can come back."""
+    path, ref = hybrid
+    rec = Recommender.load(path)
+    for rows in _sessions(rec, 20, 13):
+        session = rec.item_ids[rows]
+        for m in (5, 20):
+            out = rec.recommend(session, k=10, max_candidates=m, knn_weight=0.0)
+            knn_rows, _ = _knn_reference(ref, rows, m)
+            got = set(rec.bundle.ids.rows(out.item_ids).tolist())
+            assert got <= set(knn_rows.tolist()) - set(rows.tolist())
+
+
+def test_neighbors_policy_ignores_the_index(hybrid):
+    """candidates="neighbors" on a hybrid bundle: the same answer as the bundle without a
+    session index would give (no kNN score anywhere)."""
+    path, _ = hybrid
+    rec = Recommender.load(path)
+    base = Recommender.load(path.parent / "base")
+    for rows in _sessions(rec, 20, 14):
+        a = rec.recommend(rec.item_ids[rows], candidates="neighbors", knn_weight=0.0)
+        b = base.recommend(base.item_ids[rows])
+        assert a.item_ids.tolist() == b.item_ids.tolist()
+        assert a.scores.tobytes() == b.scores.tobytes()
