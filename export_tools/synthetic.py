@@ -25,9 +25,16 @@ from sessrec_sdk.bundle import (
 from .layout import locality_order, reorder_rows
 
 
-def synthetic_encoder(dim: int, seed: int = 0, batch: bool = False) -> bytes:
+#: the synthetic encoder's repeat output (``repeat=True``), as trained models name it
+SYNTHETIC_REPEAT_OUTPUT = "repeat_scores"
+
+
+def synthetic_encoder(dim: int, seed: int = 0, batch: bool = False,
+                      repeat: bool = False) -> bytes:
     """Serialized ONNX model: items [1, L] int64, item_emb [1, L, dim] -> query [1, dim]
-    (``batch``: [B, L], [B, L, dim] -> [B, dim], each row one session)."""
+    (``batch``: [B, L], [B, L, dim] -> [B, dim], each row one session). ``repeat``: also
+    a learned-repeat output [1, L] (kind "repeat_scores"): item_emb[l] . v + 0.1 (l + 1),
+    so an item met at several positions has several scores (the SDK keeps the largest)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -36,6 +43,7 @@ def synthetic_encoder(dim: int, seed: int = 0, batch: bool = False) -> bytes:
     bias = (rng.standard_normal(dim) * 0.1).astype(np.float32)
     inits = [numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias"),
              numpy_helper.from_array(np.array(-1, np.int64), "last_index")]
+    repeat_v = (rng.standard_normal(dim) * 2).astype(np.float32)
     # This encoder ignores the session structure in "items" (a graph model uses it).
     nodes = [
         helper.make_node("ReduceMean", ["item_emb"], ["mean"], axes=[1], keepdims=0),
@@ -46,17 +54,43 @@ def synthetic_encoder(dim: int, seed: int = 0, batch: bool = False) -> bytes:
         helper.make_node("Tanh", ["pre"], [ENCODER_OUTPUT]),
     ]
     lead = "B" if batch else 1
+    outputs = [helper.make_tensor_value_info(ENCODER_OUTPUT, TensorProto.FLOAT, [lead, dim])]
+    if repeat:
+        inits += [numpy_helper.from_array(repeat_v, "repeat_v"),
+                  numpy_helper.from_array(np.array(0, np.int64), "first_dim"),
+                  numpy_helper.from_array(np.array(1, np.int64), "seq_axis"),
+                  numpy_helper.from_array(np.array(0.1, np.float32), "step")]
+        nodes += [  # positions 1..L from the input's shape, then item . v + 0.1 * position
+            helper.make_node("Gather", ["item_emb", "first_dim"], ["dim0"], axis=2),
+            helper.make_node("Mul", ["dim0", "step"], ["tenth_dim0"]),
+            helper.make_node("Sub", ["tenth_dim0", "tenth_dim0"], ["zeros"]),
+            helper.make_node("Add", ["zeros", "step"], ["tenths"]),
+            helper.make_node("CumSum", ["tenths", "seq_axis"], ["positions"]),
+            helper.make_node("MatMul", ["item_emb", "repeat_v"], ["affinity"]),
+            helper.make_node("Add", ["affinity", "positions"], [SYNTHETIC_REPEAT_OUTPUT]),
+        ]
+        outputs.append(helper.make_tensor_value_info(SYNTHETIC_REPEAT_OUTPUT,
+                                                     TensorProto.FLOAT, [lead, "L"]))
     graph = helper.make_graph(
         nodes, "synthetic_session_encoder",
         [helper.make_tensor_value_info("items", TensorProto.INT64, [lead, "L"]),
          helper.make_tensor_value_info("item_emb", TensorProto.FLOAT, [lead, "L", dim])],
-        [helper.make_tensor_value_info(ENCODER_OUTPUT, TensorProto.FLOAT, [lead, dim])],
-        initializer=inits)
+        outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
                               producer_name="sessrec.synthetic")
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def _encoder_io(batch: bool, repeat: bool) -> dict | None:
+    if not (batch or repeat):
+        return None  # the default declaration, no batch axis
+    spec: dict = {**DEFAULT_ENCODER_SPEC, "batch": batch}
+    if repeat:
+        spec["outputs"] = [*DEFAULT_ENCODER_SPEC["outputs"],
+                           {"name": SYNTHETIC_REPEAT_OUTPUT, "kind": "repeat_scores"}]
+    return spec
 
 
 def _cluster_neighbors(vectors: np.ndarray, labels: np.ndarray, k: int,
@@ -108,6 +142,7 @@ def build_synthetic_bundle(
     max_session_length: int = 3,
     row_order: str = "locality",
     batch: bool = False,
+    repeat_head: bool = False,
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
@@ -117,7 +152,8 @@ def build_synthetic_bundle(
     along the neighbor graph as the export does (export_tools.layout), "given" keeps the
     drawn order (neighbor rows scattered over the matrix). ``batch``: the encoder takes a
     batch axis (manifest ``encoder.batch``), as exported models' encoders do; the default
-    writes the one-session encoder of bundles from before the key."""
+    writes the one-session encoder of bundles from before the key. ``repeat_head``: the
+    encoder also returns learned repeat scores (:func:`synthetic_encoder`)."""
     if n_items < 2:
         raise ValueError("n_items must be >= 2")
     if dtype not in ("float32", "float16"):
@@ -153,8 +189,8 @@ def build_synthetic_bundle(
 
     return write_bundle(
         out,
-        encoder=synthetic_encoder(dim, seed, batch),
-        encoder_io={**DEFAULT_ENCODER_SPEC, "batch": True} if batch else None,
+        encoder=synthetic_encoder(dim, seed, batch, repeat_head),
+        encoder_io=_encoder_io(batch, repeat_head),
         popularity_scores=pop_scores,
         **arrays,
         model={"kind": "synthetic", "config": {"n_items": n_items, "dim": dim, "seed": seed,

@@ -17,13 +17,13 @@ from sessrec_sdk import Recommender
 from sessrec_sdk.bundle import SessionIndex, read_bundle, write_bundle
 from sessrec_sdk.kernels.sknn import SknnIndex, SknnQuery, sknn_top_k
 
-N_ITEMS, SAMPLE, NEIGHBORS, WINDOW, MAX_CANDIDATES = 300, 40, 15, 4, 60
+N_ITEMS, SAMPLE, NEIGHBORS, WINDOW, MAX_CANDIDATES = 300, 40, 15, 12, 60
+INDEXED = 250  # the training sessions hold only rows < INDEXED: the rest has no neighbors
 TABLE = {"position_after": 3.0, "position_decay": 2.0, "position_before": 0.5}
 
 
-def _training_sessions(n_items: int, rng) -> list[np.ndarray]:
-    return [rng.choice(n_items, int(rng.integers(2, 9)), replace=False)
-            for _ in range(500)]
+def _training_sessions(rng) -> list[np.ndarray]:
+    return [rng.choice(INDEXED, int(rng.integers(2, 9)), replace=False) for _ in range(500)]
 
 
 @pytest.fixture(scope="module", params=["plain", "table"])
@@ -34,7 +34,7 @@ def hybrid(request, tmp_path_factory):
     base = build_synthetic_bundle(root / "base", n_items=N_ITEMS, dim=16, neighbors=10,
                                   seed=5, row_order="given")
     b = read_bundle(base)
-    index = build_index(_training_sessions(N_ITEMS, np.random.default_rng(3)), N_ITEMS,
+    index = build_index(_training_sessions(np.random.default_rng(3)), N_ITEMS,
                         sample=SAMPLE, idf=True)
     arrays = SessionIndex(index["item_indptr"], index["item_sessions"],
                           index["session_indptr"], index["session_items"],
@@ -73,8 +73,14 @@ def _knn_reference(ref: SknnIndex, rows: np.ndarray, k: int):
 
 def _sessions(rec, n: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    return [rng.choice(rec.n_items, int(rng.integers(1, 7)), replace=False)
-            for _ in range(n)]
+    return [rng.choice(INDEXED, int(rng.integers(1, 7)), replace=False) for _ in range(n)]
+
+
+def _model_scores(rec, session) -> dict[int, np.float32]:
+    """Row -> the kernel's own model score of every kNN candidate (knn_weight 0 returns
+    the best by model score: k = MAX_CANDIDATES returns them all)."""
+    out = rec.recommend(session, k=MAX_CANDIDATES, knn_weight=0.0)
+    return dict(zip(rec.bundle.ids.rows(out.item_ids).tolist(), out.scores))
 
 
 @pytest.mark.parametrize("weight", [0.0, 2.0, 0.5])
@@ -102,6 +108,13 @@ def test_hybrid_answer_recomputed_from_scratch(hybrid, weight):
         got = rec.bundle.ids.rows(out.item_ids)
         assert got.tolist() == cand[order].tolist(), rows
         np.testing.assert_allclose(out.scores, blend[order], rtol=0, atol=1e-5)
+        # bit for bit: the kernel's model score + float32(w) * float32(knn / top), float32
+        exact = _model_scores(rec, session)
+        top = knn_scores.max()
+        knn_of = dict(zip(knn_rows.tolist(), knn_scores / np.float32(top)))
+        bits = [np.float32(exact[r] + np.float32(weight) * knn_of[r]) for r in got.tolist()]
+        assert out.scores.view(np.uint32).tolist() == np.array(bits, np.float32).view(
+            np.uint32).tolist()
         assert out.fallback is None and out.unknown == 0
         checked += 1
     assert checked >= 40
@@ -122,6 +135,43 @@ def test_session_items_may_come_back_with_a_bonus(hybrid):
         assert (out.scores[:len(own)] > 1e4 - 100).all()
         rest = rec.recommend(session, k=5, exclude_session_items=True)
         assert got[len(own):].tolist() == rec.bundle.ids.rows(rest.item_ids).tolist()
+
+
+def test_session_items_unknown_to_the_index(hybrid):
+    """A session whose items no training session holds: no kNN candidate, no kNN score;
+    with exclude_session_items=False its items still come back, scored by the model plus
+    the bonus, whatever the blend weight; excluded, nothing is left."""
+    path, _ = hybrid
+    rec = Recommender.load(path)
+    matrix = np.asarray(rec.bundle.item_matrix, np.float32)
+    rows = np.array([INDEXED + 3, INDEXED + 17, INDEXED + 5])
+    session = rec.item_ids[rows]
+    out = rec.recommend(session, exclude_session_items=True)
+    assert (len(out), out.fallback, out.n_candidates) == (0, "no_candidates", 0)
+    q = rec.query(session)
+    for weight in (0.0, 2.0):
+        out = rec.recommend(session, exclude_session_items=False, repeat_bonus=0.5,
+                            knn_weight=weight)
+        got = rec.bundle.ids.rows(out.item_ids)
+        assert sorted(got.tolist()) == sorted(rows.tolist()) and out.fallback is None
+        np.testing.assert_allclose(out.scores, matrix[got] @ q + 0.5, rtol=0, atol=1e-5)
+        assert np.all(np.diff(out.scores) <= 0)
+
+
+def test_neighbors_met_only_far_back_weigh_nothing(hybrid):
+    """The only indexed item 11 distinct items back (decay max(0, 1 - 0.1 * 11) = 0): the
+    kNN candidates all score 0, the blend adds nothing (no 0 / 0), the model ranks."""
+    path, ref = hybrid
+    rec = Recommender.load(path)
+    rows = np.array([7, *range(INDEXED, INDEXED + 11)])
+    session = rec.item_ids[rows]
+    knn_rows, knn_scores = _knn_reference(ref, rows, MAX_CANDIDATES)
+    assert knn_rows.size and not knn_scores.any()
+    plain = rec.recommend(session, knn_weight=0.0)
+    blended = rec.recommend(session, knn_weight=2.0)
+    assert blended.fallback is None and np.isfinite(blended.scores).all()
+    assert blended.item_ids.tolist() == plain.item_ids.tolist()
+    assert blended.scores.tobytes() == plain.scores.tobytes()
 
 
 def test_max_candidates_bounds_the_knn_step(hybrid):
