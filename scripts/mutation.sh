@@ -5,6 +5,7 @@
 #   bash scripts/mutation.sh                       # the default modules below, ~15-25 min
 #   MUTATE="export_tools/metrics.py" bash scripts/mutation.sh      # one module, ~1 min
 #   MUTATE="sessrec_sdk/" CHILDREN=2 KEEP=1 bash scripts/mutation.sh
+#   MUTANTS="sessrec_sdk.recommender.x__blend*" MUTATE=sessrec_sdk/recommender.py bash ...
 #
 # What is mutated (MUTATE, space-separated paths): by default the runtime's request path
 # and its helpers (sessrec_sdk/ minus the Numba kernel, whose @njit functions mutmut's
@@ -25,11 +26,13 @@ sessrec_sdk/kernels/__init__.py sessrec_sdk/kernels/common.py sessrec_sdk/kernel
 sessrec_sdk/kernels/c_backend.py export_tools/metrics.py export_tools/defaults.py"}
 # the session-kNN model tests (tests/test_sknn_model.py) train models in module fixtures,
 # which every mutant's run would repeat (minutes each): the hybrid path is checked here by
-# tests/test_hybrid_synthetic.py, and recommend_many by its tests on synthetic bundles
+# tests/test_hybrid_synthetic.py, the learned repeat bonus by
+# tests/test_learned_repeats_synthetic.py and recommend_many by its tests on synthetic bundles
 RM=tests/test_recommend_many.py
 TESTS=${TESTS:-"tests/test_kernels.py tests/test_recommender.py tests/test_bad_input.py \
 tests/test_ids.py tests/test_request_path_edges.py tests/test_candidate_policies.py \
-tests/test_hybrid_synthetic.py tests/test_cli.py::test_recommend_many_equals_recommend \
+tests/test_hybrid_synthetic.py tests/test_learned_repeats_synthetic.py \
+tests/test_cli.py::test_recommend_many_equals_recommend \
 $RM::test_session_knn_bundle_skips_the_encoder \
 $RM::test_bad_input_in_one_session_raises_what_recommend_raises \
 $RM::test_batched_synthetic_equals_recommend $RM::test_a_bad_batch_value_is_refused \
@@ -73,7 +76,10 @@ cd "$WORK"
 echo "== mutating: $MUTATE"
 echo "== tests: $TESTS"
 start=$(date +%s)
-"$MUTMUT" run --max-children "$CHILDREN" > "$WORK/run.log" 2>&1 || true
+# MUTANTS: only these mutant names (shell patterns as mutmut takes them), e.g. the
+# survivors of an earlier run after new tests
+# shellcheck disable=SC2086
+"$MUTMUT" run --max-children "$CHILDREN" ${MUTANTS:-} > "$WORK/run.log" 2>&1 || true
 tail -n 5 "$WORK/run.log" | tr '\r' '\n' | tail -n 3
 "$MUTMUT" results --all true > "$WORK/results.txt" 2>&1 || "$MUTMUT" results > "$WORK/results.txt" 2>&1 || true
 echo "== survivors (mutmut show NAME in $WORK for the diff):"

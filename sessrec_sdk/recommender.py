@@ -693,12 +693,11 @@ def _blend(rows: np.ndarray, scores: np.ndarray, knn_rows: np.ndarray,
     return rows[pick], blended[pick]
 
 
-def _int_option(name: str, v, lo: int, hi: int | None) -> int:
+def _int_option(name: str, v, lo: int, hi: int) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if v < lo or (hi is not None and v > hi):
-        raise ValueError(f"{name} must be in [{lo}, {hi if hi is not None else 'inf'}] for "
-                         f"this bundle, got {v}")
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}] for this bundle, got {v}")
     return int(v)
 
 

@@ -57,16 +57,30 @@ def hybrid(request, tmp_path_factory):
     ref = SknnIndex(*(index[f] for f in ("item_indptr", "item_sessions", "session_indptr",
                                          "session_items", "item_weight")),
                     np.asarray(b.item_category), table)
+    # the same index as a session-kNN bundle (no encoder), its defaults those of a hybrid
+    write_bundle(
+        root / "knn", encoder=None, item_matrix=None, neighbors=None,
+        item_ids=np.asarray(b.ids.in_row_order), popularity=np.asarray(b.popularity),
+        popularity_scores=np.asarray(b.popularity_scores),
+        item_category=np.asarray(b.item_category), model={"kind": "sknn", "config": {}},
+        inference={"max_session_length": WINDOW, "session_filter": "none"},
+        defaults={"k": 10, "candidates": "sessions", "neighbors": NEIGHBORS,
+                  "category_filter": "none", "exclude_session_items": True,
+                  "repeat_bonus": 0.0},
+        session_index=arrays, sknn=sknn)
     return out, ref
 
 
-def _knn_reference(ref: SknnIndex, rows: np.ndarray, k: int):
+def _knn_reference(ref: SknnIndex, rows: np.ndarray, k: int, cats=None,
+                   neighbors: int = NEIGHBORS, exclude: bool = False, bonus: float = 0.0):
     """The kNN candidates of the "sessions" policy: the reference kernel over the last
-    WINDOW known rows, the index's neighbors, session items included without bonus."""
+    WINDOW known rows, the index's neighbors, session items included without bonus
+    (``cats``: the category filter's categories)."""
     window = np.ascontiguousarray(rows[-WINDOW:].astype(np.int32))
-    q = SknnQuery(session=window, sample=SAMPLE, neighbors=NEIGHBORS, k=k,
-                  exclude_session=False, session_bonus=0.0,
-                  excluded=np.empty(0, np.int32), allowed=None, allowed_cats=None)
+    q = SknnQuery(session=window, sample=SAMPLE, neighbors=neighbors, k=k,
+                  exclude_session=exclude, session_bonus=bonus,
+                  excluded=np.empty(0, np.int32), allowed=None,
+                  allowed_cats=None if cats is None else np.asarray(cats, np.int32))
     top, scores, _ = sknn_top_k(ref, q)
     return top, scores
 
@@ -198,3 +212,67 @@ def test_neighbors_policy_ignores_the_index(hybrid):
         b = base.recommend(base.item_ids[rows])
         assert a.item_ids.tolist() == b.item_ids.tolist()
         assert a.scores.tobytes() == b.scores.tobytes()
+
+
+@pytest.mark.parametrize("category_filter", ["last", "session"])
+def test_category_filters_reach_the_knn_step(hybrid, category_filter):
+    """A category filter on a hybrid call filters the kNN candidates themselves (the
+    kernel's allowed categories: the last item's, or those of the kNN window's items),
+    then the model's call filters by its own window (the last 3 items: its "session")."""
+    path, ref = hybrid
+    rec = Recommender.load(path)
+    cat = np.asarray(rec.bundle.item_category)
+    differs = 0
+    for rows in _sessions(rec, 30, 15):
+        session = rec.item_ids[rows]
+        window = rows[-WINDOW:]
+        cats = cat[window[-1:]] if category_filter == "last" else np.unique(cat[window])
+        knn_rows, _ = _knn_reference(ref, rows, MAX_CANDIDATES, cats)
+        out = rec.recommend(session, k=MAX_CANDIDATES, knn_weight=0.0,
+                            category_filter=category_filter)
+        got = set(rec.bundle.ids.rows(out.item_ids).tolist())
+        model_cats = cats if category_filter == "last" else np.unique(cat[rows[-3:]])
+        expected = {r for r in knn_rows.tolist() if r not in set(rows.tolist())
+                    and cat[r] in set(model_cats.tolist())}
+        assert got == expected
+        unfiltered, _ = _knn_reference(ref, rows, MAX_CANDIDATES)
+        differs += set(unfiltered.tolist()) != set(knn_rows.tolist())
+    assert differs > 0  # the filter changed the candidates somewhere
+
+
+@pytest.mark.parametrize("category_filter", ["none", "last", "session"])
+def test_session_knn_bundle_answers_the_reference_kernel(hybrid, category_filter):
+    """The session-kNN bundle (no encoder): rows and score bits of the numpy reference
+    with the call's neighbors, filter, exclusion and bonus; no query vector."""
+    path, ref = hybrid
+    rec = Recommender.load(path.parent / "knn")
+    cat = np.asarray(rec.bundle.item_category)
+    for rows in _sessions(rec, 25, 16):
+        session = rec.item_ids[rows]
+        window = rows[-WINDOW:]
+        cats = {"none": None, "last": cat[window[-1:]],
+                "session": np.unique(cat[window])}[category_filter]
+        for neighbors, exclude, bonus in ((NEIGHBORS, True, 0.0), (3, False, 0.25)):
+            out = rec.recommend(session, k=12, neighbors=neighbors, category_filter=category_filter,
+                                exclude_session_items=exclude, repeat_bonus=bonus)
+            top, scores = _knn_reference(ref, rows, 12, cats, neighbors, exclude, bonus)
+            assert rec.bundle.ids.rows(out.item_ids).tolist() == top.tolist()
+            assert out.scores.view(np.uint32).tolist() == scores.view(np.uint32).tolist()
+    with pytest.raises(ValueError, match="^a session-kNN bundle has no encoder and no query "
+                                         "vector$"):
+        rec.query(rec.item_ids[[1, 2]])
+    assert rec.encode(rec.plan(rec.item_ids[[1, 2]])) is None
+
+
+def test_max_candidates_option_is_checked(hybrid):
+    path, _ = hybrid
+    rec = Recommender.load(path)
+    session = rec.item_ids[[1, 2]]
+    with pytest.raises(ValueError, match=r"^max_candidates must be in \[1, 2147483647\] for "
+                                         r"this bundle, got 0$"):
+        rec.recommend(session, max_candidates=0)
+    with pytest.raises(TypeError, match="^max_candidates must be an int, got str$"):
+        rec.recommend(session, max_candidates="5")
+    with pytest.raises(TypeError, match="^max_candidates must be an int, got bool$"):
+        rec.recommend(session, max_candidates=True)
+    assert len(rec.recommend(session, max_candidates=2**31 - 1)) > 0
