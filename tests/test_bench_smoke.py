@@ -44,7 +44,8 @@ def test_benchmark_smoke_run(tmp_path):
                      "test_stage[given row order-popular-kernel]",
                      "test_stage[float16 item matrix-uniform-kernel]",
                      "test_sknn_synthetic[synthetic-4k]", "test_sknn_synthetic[synthetic-20k]",
-                     "test_sknn_top_k[c]", "test_recommend_many[recommend_many-uniform]",
+                     "test_sknn_top_k[c-none]", "test_sknn_top_k[c-table]",
+                     "test_recommend_many[recommend_many-uniform]",
                      "test_recommend_many[recommend loop-popular]"):
         assert any(n.endswith(expected) for n in names), (expected, sorted(names))
     assert all(b["stats"]["data"] for b in latency["benchmarks"])  # raw rounds for p99
