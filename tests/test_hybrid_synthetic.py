@@ -276,3 +276,49 @@ def test_max_candidates_option_is_checked(hybrid):
     with pytest.raises(TypeError, match="^max_candidates must be an int, got bool$"):
         rec.recommend(session, max_candidates=True)
     assert len(rec.recommend(session, max_candidates=2**31 - 1)) > 0
+
+
+def test_load_logs_one_line_that_says_what_was_loaded(hybrid, caplog):
+    """The INFO line of a load, word for word: path, model kind, format, items, shape
+    (d and K, or sessions and sample for a session-kNN bundle), backend and options."""
+    import logging
+
+    path, _ = hybrid
+    fmt = 3 if "position_weight" in Recommender.load(path).manifest["sknn"] else 2
+    with caplog.at_level(logging.INFO, logger="sessrec"):
+        Recommender.load(path, backend="numpy", verify=False)
+        Recommender.load(path.parent / "knn", backend="c", verify=True)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded")]
+    assert lines == [
+        f"loaded {path}: synthetic v{fmt}, {N_ITEMS} items, d=16, K=10; backend numpy, "
+        "verify=False, prefault=False",
+        f"loaded {path.parent / 'knn'}: sknn v{fmt}, {N_ITEMS} items, 500 sessions, sample "
+        f"{SAMPLE}; backend c, verify=True, prefault=False"]
+
+
+def test_last_category_session_filter_encodes_the_last_items_category(tmp_path):
+    """A bundle trained on same-category sessions (session_filter "last_category") encodes
+    only the window's items of the last item's category, in order."""
+    base = build_synthetic_bundle(tmp_path / "base", n_items=N_ITEMS, dim=16, neighbors=10,
+                                  seed=6, row_order="given")
+    b = read_bundle(base)
+    out = write_bundle(
+        tmp_path / "lc", encoder=b.path / "encoder.onnx",
+        item_matrix=np.asarray(b.item_matrix), neighbors=np.asarray(b.neighbors),
+        item_ids=np.asarray(b.ids.in_row_order), popularity=np.asarray(b.popularity),
+        popularity_scores=np.asarray(b.popularity_scores),
+        item_category=np.asarray(b.item_category), model=b.manifest["model"],
+        inference={"max_session_length": 5, "session_filter": "last_category"},
+        defaults={"k": 10, "category_filter": "none", "exclude_session_items": True})
+    rec = Recommender.load(out)
+    cat = np.asarray(rec.bundle.item_category)
+    rng = np.random.default_rng(2)
+    mixed = 0
+    for _ in range(40):
+        rows = rng.choice(N_ITEMS, 5, replace=False)
+        rows[[1, 3]] = rng.choice(np.flatnonzero(cat == cat[rows[-1]]), 2)
+        window = rows[-5:]
+        expected = window[cat[window] == cat[window[-1]]]
+        assert rec.session_rows(rec.item_ids[rows]).tolist() == expected.tolist()
+        mixed += len(expected) < len(window)
+    assert mixed > 0

@@ -221,3 +221,13 @@ def test_ragged_nested_list_is_refused_as_not_flat():
     with pytest.raises(TypeError, match="^session must be a flat sequence of integer item "
                                         "ids$"):
         _ids(np.array([1, 2, 3], dtype=np.int64)).coerce([[1, 2], [3]])
+
+
+def test_uint64_array_holding_the_largest_int64_id_finds_it():
+    """A uint64 array is mapped with ``<= INT64_MAX``: the id 2**63 - 1 itself is a valid
+    int64 id and is found; 2**63 is not and becomes the unknown id."""
+    ids = _ids(np.array([5, 2**63 - 1], dtype=np.int64))
+    out = ids.coerce(np.array([2**63 - 1, 2**63, 5], dtype=np.uint64))
+    assert out.dtype == np.int64 and out.tolist() == [2**63 - 1, -(2**63), 5]
+    rows, unknown = ids.known(out)
+    assert rows.tolist() == [1, 0] and unknown == 1
