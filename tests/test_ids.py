@@ -231,3 +231,10 @@ def test_uint64_array_holding_the_largest_int64_id_finds_it():
     assert out.dtype == np.int64 and out.tolist() == [2**63 - 1, -(2**63), 5]
     rows, unknown = ids.known(out)
     assert rows.tolist() == [1, 0] and unknown == 1
+
+
+def test_rows_of_no_ids_are_int32_like_any_rows():
+    ids = _ids(np.array([5, 9], dtype=np.int64))
+    assert ids.rows(np.array([9, 4], dtype=np.int64)).dtype == np.int32
+    empty = ids.rows(np.empty(0, dtype=np.int64))
+    assert empty.dtype == np.int32 and empty.shape == (0,)

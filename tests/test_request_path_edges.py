@@ -282,3 +282,14 @@ def test_session_knn_empty_result_counts_what_was_scored(tmp_path):
     out = rec.recommend(session, k=5, allow=outside)
     assert (out.fallback, out.unknown, out.n_candidates, len(out)) == \
         ("no_candidates", 1, full.n_candidates, 0)
+
+
+def test_no_query_without_a_known_item_and_results_are_read_only(rec, small_ids):
+    """query() of a session with no known item is None (nothing to encode); a result's
+    scores cannot be written (they may be shared with a cache)."""
+    assert rec.query([-1, -2]) is None
+    out = rec.recommend(small_ids[:2].tolist(), k=5)
+    with pytest.raises(ValueError, match="read-only"):
+        out.scores[0] = 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        out.item_ids[0] = 1
