@@ -26,6 +26,17 @@ def _training_sessions(rng) -> list[np.ndarray]:
     return [rng.choice(INDEXED, int(rng.integers(2, 9)), replace=False) for _ in range(500)]
 
 
+def _rewrite(b, out, *, inference: dict, defaults: dict, **extra):
+    """The synthetic bundle ``b`` (its encoder and arrays) written again to ``out`` with
+    other inference settings and defaults (and ``extra`` write_bundle arguments)."""
+    return write_bundle(
+        out, encoder=b.path / "encoder.onnx", item_matrix=np.asarray(b.item_matrix),
+        neighbors=np.asarray(b.neighbors), item_ids=np.asarray(b.ids.in_row_order),
+        popularity=np.asarray(b.popularity), popularity_scores=np.asarray(b.popularity_scores),
+        item_category=np.asarray(b.item_category), model=b.manifest["model"],
+        inference=inference, defaults=defaults, **extra)
+
+
 @pytest.fixture(scope="module", params=["plain", "table"])
 def hybrid(request, tmp_path_factory):
     """(bundle path, its index arrays as an SknnIndex): a synthetic encoder bundle plus a
@@ -43,17 +54,12 @@ def hybrid(request, tmp_path_factory):
     sknn = {"n_sessions": 500, "sample": SAMPLE, "idf": True, "neighbors": NEIGHBORS,
             "window": WINDOW, **({} if table is None else
                                  {"position_weight": [float(x) for x in table]})}
-    out = write_bundle(
-        root / "hybrid", encoder=b.path / "encoder.onnx",
-        item_matrix=np.asarray(b.item_matrix), neighbors=np.asarray(b.neighbors),
-        item_ids=np.asarray(b.ids.in_row_order), popularity=np.asarray(b.popularity),
-        popularity_scores=np.asarray(b.popularity_scores),
-        item_category=np.asarray(b.item_category), model=b.manifest["model"],
-        inference={"max_session_length": 3, "session_filter": "none"},
-        defaults={"k": 10, "category_filter": "none", "exclude_session_items": True,
-                  "candidates": "sessions", "knn_weight": 2.0,
-                  "max_candidates": MAX_CANDIDATES},
-        session_index=arrays, sknn=sknn)
+    out = _rewrite(b, root / "hybrid",
+                   inference={"max_session_length": 3, "session_filter": "none"},
+                   defaults={"k": 10, "category_filter": "none", "exclude_session_items": True,
+                             "candidates": "sessions", "knn_weight": 2.0,
+                             "max_candidates": MAX_CANDIDATES},
+                   session_index=arrays, sknn=sknn)
     ref = SknnIndex(*(index[f] for f in ("item_indptr", "item_sessions", "session_indptr",
                                          "session_items", "item_weight")),
                     np.asarray(b.item_category), table)
@@ -301,15 +307,9 @@ def test_last_category_session_filter_encodes_the_last_items_category(tmp_path):
     only the window's items of the last item's category, in order."""
     base = build_synthetic_bundle(tmp_path / "base", n_items=N_ITEMS, dim=16, neighbors=10,
                                   seed=6, row_order="given")
-    b = read_bundle(base)
-    out = write_bundle(
-        tmp_path / "lc", encoder=b.path / "encoder.onnx",
-        item_matrix=np.asarray(b.item_matrix), neighbors=np.asarray(b.neighbors),
-        item_ids=np.asarray(b.ids.in_row_order), popularity=np.asarray(b.popularity),
-        popularity_scores=np.asarray(b.popularity_scores),
-        item_category=np.asarray(b.item_category), model=b.manifest["model"],
-        inference={"max_session_length": 5, "session_filter": "last_category"},
-        defaults={"k": 10, "category_filter": "none", "exclude_session_items": True})
+    out = _rewrite(read_bundle(base), tmp_path / "lc",
+                   inference={"max_session_length": 5, "session_filter": "last_category"},
+                   defaults={"k": 10, "category_filter": "none", "exclude_session_items": True})
     rec = Recommender.load(out)
     cat = np.asarray(rec.bundle.item_category)
     rng = np.random.default_rng(2)
