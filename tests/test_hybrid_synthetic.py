@@ -26,15 +26,17 @@ def _training_sessions(rng) -> list[np.ndarray]:
     return [rng.choice(INDEXED, int(rng.integers(2, 9)), replace=False) for _ in range(500)]
 
 
-def _rewrite(b, out, *, inference: dict, defaults: dict, **extra):
+def _rewrite(b, out, *, inference: dict, defaults: dict, model: dict | None = None, **extra):
     """The synthetic bundle ``b`` (its encoder and arrays) written again to ``out`` with
-    other inference settings and defaults (and ``extra`` write_bundle arguments)."""
+    other inference settings, defaults and model entry (and ``extra`` write_bundle
+    arguments)."""
     return write_bundle(
         out, encoder=b.path / "encoder.onnx", item_matrix=np.asarray(b.item_matrix),
         neighbors=np.asarray(b.neighbors), item_ids=np.asarray(b.ids.in_row_order),
         popularity=np.asarray(b.popularity), popularity_scores=np.asarray(b.popularity_scores),
-        item_category=np.asarray(b.item_category), model=b.manifest["model"],
-        inference=inference, defaults=defaults, **extra)
+        item_category=np.asarray(b.item_category),
+        model=b.manifest["model"] if model is None else model, inference=inference,
+        defaults=defaults, **extra)
 
 
 @pytest.fixture(scope="module", params=["plain", "table"])
@@ -103,11 +105,13 @@ def _model_scores(rec, session) -> dict[int, np.float32]:
     return dict(zip(rec.bundle.ids.rows(out.item_ids).tolist(), out.scores))
 
 
-@pytest.mark.parametrize("weight", [0.0, 2.0, 0.5])
+@pytest.mark.parametrize("weight", [0.0, 2.0, 0.5, 1.3])
 def test_hybrid_answer_recomputed_from_scratch(hybrid, weight):
     """Rows and scores of candidates="sessions": the kNN reference's top MAX_CANDIDATES
     rows minus the session's items, each scored query . row + weight * its kNN score over
-    the call's top kNN score, best 10 by that, ties to the smaller row."""
+    the call's top kNN score, best 10 by that, ties to the smaller row. (1.3: a weight
+    whose float32 products round, so a blend computed in float64 and rounded once would
+    show.)"""
     path, ref = hybrid
     rec = Recommender.load(path)
     matrix = np.asarray(rec.bundle.item_matrix, np.float32)
@@ -192,6 +196,33 @@ def test_neighbors_met_only_far_back_weigh_nothing(hybrid):
     assert blended.fallback is None and np.isfinite(blended.scores).all()
     assert blended.item_ids.tolist() == plain.item_ids.tolist()
     assert blended.scores.tobytes() == plain.scores.tobytes()
+
+
+def test_knn_scores_are_scaled_by_the_calls_best_whatever_its_size(hybrid, tmp_path):
+    """The same index with every item weight / 1024 (exact in float32): every kNN score,
+    the best one included, drops below 1, and the blend, which divides by the call's best,
+    answers bit for bit as before."""
+    path, ref = hybrid
+    b = read_bundle(path)
+    arrays = [np.asarray(a) for a in b.session_index.arrays()]
+    small = SessionIndex(*arrays[:4], arrays[4] / np.float32(1024))
+    scaled = _rewrite(b, tmp_path / "scaled", inference=b.manifest["inference"],
+                      defaults=b.manifest["defaults"], session_index=small,
+                      sknn=b.manifest["sknn"])
+    rec, rec_small = Recommender.load(path), Recommender.load(scaled)
+    changed = 0
+    for rows in _sessions(rec, 30, 17):
+        _, knn_scores = _knn_reference(ref, rows, MAX_CANDIDATES)
+        if knn_scores.size == 0:
+            continue
+        assert knn_scores.max() / 1024 < 1
+        out = rec.recommend(rec.item_ids[rows], knn_weight=2.0)
+        got = rec_small.recommend(rec.item_ids[rows], knn_weight=2.0)
+        assert got.item_ids.tolist() == out.item_ids.tolist()
+        assert got.scores.tobytes() == out.scores.tobytes()
+        plain = rec.recommend(rec.item_ids[rows], knn_weight=0.0)
+        changed += plain.item_ids.tolist() != out.item_ids.tolist()
+    assert changed >= 10  # the blend moved the ranking: the kNN part was not dropped
 
 
 def test_max_candidates_bounds_the_knn_step(hybrid):
@@ -294,12 +325,19 @@ def test_load_logs_one_line_that_says_what_was_loaded(hybrid, caplog):
     with caplog.at_level(logging.INFO, logger="sessrec"):
         Recommender.load(path, backend="numpy", verify=False)
         Recommender.load(path.parent / "knn", backend="c", verify=True)
+        b = read_bundle(path)  # a manifest whose model has no kind: "?" in its place
+        nameless = _rewrite(b, path.parent / "nameless", inference=b.manifest["inference"],
+                            defaults={"k": 10, "category_filter": "none",
+                                      "exclude_session_items": True}, model={"config": {}})
+        Recommender.load(nameless, backend="numpy", verify=False)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded")]
     assert lines == [
         f"loaded {path}: synthetic v{fmt}, {N_ITEMS} items, d=16, K=10; backend numpy, "
         "verify=False, prefault=False",
         f"loaded {path.parent / 'knn'}: sknn v{fmt}, {N_ITEMS} items, 500 sessions, sample "
-        f"{SAMPLE}; backend c, verify=True, prefault=False"]
+        f"{SAMPLE}; backend c, verify=True, prefault=False",
+        f"loaded {nameless}: ? v2, {N_ITEMS} items, d=16, K=10; backend numpy, "
+        "verify=False, prefault=False"]
 
 
 def test_last_category_session_filter_encodes_the_last_items_category(tmp_path):
