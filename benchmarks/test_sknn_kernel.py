@@ -6,9 +6,10 @@ item popularity (each session's distinct items), the 500 most recent sessions pe
 (m_index), idf item weights; calls with sample=500, neighbors=100, k=21 on sessions drawn
 from the index's own sessions, without and with a neighbor-position table (the one the
 Diginetica validation search chose: items after the shared item weigh up to 11x, items
-before it 0; see export_tools.models.sknn.position_table). The smoke profile runs the same on a small index. The index
-comes from export_tools.synthetic.synthetic_session_index (numpy, seeded; the generator of
-the synthetic sknn bundles too), built in a session-scoped fixture; the Numba kernel is
+before it 0; see export_tools.models.sknn.position_table). The smoke profile runs the
+same on a small index. The index comes from
+export_tools.synthetic.synthetic_session_index (numpy, seeded; the generator of the
+synthetic sknn bundles too), built in a session-scoped fixture; the Numba kernel is
 compiled at construction, before anything is timed.
 """
 from __future__ import annotations

@@ -297,7 +297,8 @@ def check_parity(bundle: Path, model, catalog: D.Catalog, sessions: list[np.ndar
     PARITY_TOLERANCE.
 
     A hybrid bundle is checked without its kNN blend (``knn_weight=0``, its own
-    candidates). The reference is the torch model's own scoring (``model.encode`` and ``model.scores``,
+    candidates). The reference is the torch model's own scoring (``model.encode`` and
+    ``model.scores``,
     plus the repeat head's bonus of the window's items when the model has one), not the
     exported tables, so a wrong table (scale, normalisation, bias, row order) shows up
     here. The encoder's repeat output is also compared with the torch repeat logits

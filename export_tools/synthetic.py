@@ -24,7 +24,6 @@ from sessrec_sdk.bundle import (
 
 from .layout import locality_order, reorder_rows
 
-
 #: the synthetic encoder's repeat output (``repeat=True``), as trained models name it
 SYNTHETIC_REPEAT_OUTPUT = "repeat_scores"
 

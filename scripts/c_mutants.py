@@ -11,8 +11,9 @@ Everything happens in a temporary copy of the tree (as scripts/sanitize.sh does)
 repository's csrc/ and its built sessrec_sdk/_kernels*.so are never touched. For each
 mutant: apply one textual replacement (it must match exactly once), build the extension
 in the copy, run ``pytest -x`` on the kernel tests (TESTS) with the copy first on
-sys.path, restore the source. A mutant is "killed" when the tests fail, "survived" when they pass, "build-error" when it does not compile. The unmutated
-source is built and tested first: it must pass (otherwise nothing can be concluded).
+sys.path, restore the source. A mutant is "killed" when the tests fail, "survived" when
+they pass, "build-error" when it does not compile. The unmutated source is built and
+tested first: it must pass (otherwise nothing can be concluded).
 Exit status: 0 if every mutant was killed, 1 otherwise.
 """
 from __future__ import annotations

@@ -53,7 +53,8 @@ PRESETS = {
 #: The grid tried on the validation sessions (besides the preset's own values).
 GRID = {"window": (2, 5, 20, 200), "neighbors": (50, 100, 200, 500), "idf": (False, True),
         "sample": (250, 500, 1000), "position_after": (1.0, 3.0, 10.0, 30.0),
-        "position_decay": (1.0, 2.0, 4.0, 8.0, 16.0, 64.0), "position_before": (1.0, 0.5, 0.25, 0.0)}
+        "position_decay": (1.0, 2.0, 4.0, 8.0, 16.0, 64.0),
+        "position_before": (1.0, 0.5, 0.25, 0.0)}
 #: the settings that make the neighbor-position table
 POSITION_KEYS = ("position_after", "position_decay", "position_before")
 #: offsets past +-POSITION_HALF weigh as +-POSITION_HALF

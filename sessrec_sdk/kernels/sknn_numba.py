@@ -120,7 +120,8 @@ def _bad_bounds(indptr, i, n_data):
 
 @numba.njit(cache=True, nogil=True)
 def sr_sknn_top_k(item_indptr, item_sessions, session_indptr, session_items, item_weight,
-                  categories, position_weight, half, session, sample, neighbors, k, exclude_session, session_bonus,
+                  categories, position_weight, half, session, sample, neighbors, k,
+                  exclude_session, session_bonus,
                   excluded, allowed, use_allowed, allowed_cats, use_cats,
                   item_seen, item_touched, item_excluded, item_allowed, item_score, item_list,
                   item_pos, session_mark, session_slot, heap, slot_session, slot_sim,
