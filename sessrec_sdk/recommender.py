@@ -505,15 +505,17 @@ class Recommender:
     def knn_query(self, plan: CallPlan) -> SknnQuery:
         """The session-kNN kernel's input for a plan (kernels/sknn.py): on a session-kNN
         bundle the whole call (stages 4-5); on an encoder bundle with a session index the
-        candidates of the "sessions" policy (the index's own window and neighbors)."""
+        candidates of the "sessions" policy (the index's own window and neighbors). The
+        category filter takes its categories from the plan's window, as the model's call
+        does, so no kNN candidate is one that call would drop."""
         s, window = plan.served, plan.window
-        if not s.knn_only:
-            window = plan.known[-s.knn_window:]
         allowed_cats = None
         if plan.category_filter == "last":
             allowed_cats = s.bundle.item_category[window[-1:]]
         elif plan.category_filter == "session":
             allowed_cats = np.unique(s.bundle.item_category[window])
+        if not s.knn_only:
+            window = plan.known[-s.knn_window:]
         neighbors = plan.neighbors if s.knn_only else s.knn_neighbors
         return SknnQuery(session=window, sample=s.knn_sample, neighbors=neighbors, k=plan.k,
                          exclude_session=plan.exclude_session_items,

@@ -253,28 +253,30 @@ def test_neighbors_policy_ignores_the_index(hybrid):
 
 @pytest.mark.parametrize("category_filter", ["last", "session"])
 def test_category_filters_reach_the_knn_step(hybrid, category_filter):
-    """A category filter on a hybrid call filters the kNN candidates themselves (the
-    kernel's allowed categories: the last item's, or those of the kNN window's items),
-    then the model's call filters by its own window (the last 3 items: its "session")."""
+    """A category filter on a hybrid call filters the kNN candidates themselves, by the
+    categories the model's call filters by (the last item's, or those of the encoder's
+    window, the last 3 items, not of the kNN step's longer window): every kNN candidate
+    that is not a session item comes back."""
     path, ref = hybrid
     rec = Recommender.load(path)
     cat = np.asarray(rec.bundle.item_category)
-    differs = 0
+    differs = other_window = 0
     for rows in _sessions(rec, 30, 15):
         session = rec.item_ids[rows]
-        window = rows[-WINDOW:]
-        cats = cat[window[-1:]] if category_filter == "last" else np.unique(cat[window])
+        cats = cat[rows[-1:]] if category_filter == "last" else np.unique(cat[rows[-3:]])
         knn_rows, _ = _knn_reference(ref, rows, MAX_CANDIDATES, cats)
         out = rec.recommend(session, k=MAX_CANDIDATES, knn_weight=0.0,
                             category_filter=category_filter)
         got = set(rec.bundle.ids.rows(out.item_ids).tolist())
-        model_cats = cats if category_filter == "last" else np.unique(cat[rows[-3:]])
-        expected = {r for r in knn_rows.tolist() if r not in set(rows.tolist())
-                    and cat[r] in set(model_cats.tolist())}
+        expected = {r for r in knn_rows.tolist() if r not in set(rows.tolist())}
         assert got == expected
         unfiltered, _ = _knn_reference(ref, rows, MAX_CANDIDATES)
         differs += set(unfiltered.tolist()) != set(knn_rows.tolist())
+        knn_window, _ = _knn_reference(ref, rows, MAX_CANDIDATES, np.unique(cat[rows]))
+        other_window += set(knn_window.tolist()) != set(knn_rows.tolist())
     assert differs > 0  # the filter changed the candidates somewhere
+    if category_filter == "session":  # and the window it takes its categories from matters
+        assert other_window > 0
 
 
 @pytest.mark.parametrize("category_filter", ["none", "last", "session"])
