@@ -478,11 +478,14 @@ def export_bundle(
         new_of_old[order] = np.arange(catalog.n_items, dtype=np.int32)
         report["row_order_seconds"] = round(time.perf_counter() - t, 2)
     knn = None
-    if not tune_defaults and str(session_index) == "auto":
-        session_index = None  # nothing would choose between the hybrid and the plain bundle
+    valid, why_not = validation_sessions(sessions, config, train_csv)
     t = time.perf_counter()
-    setting, knn_source = _knn_setting(session_index, sessions, catalog, config,
-                                       print if progress else _quiet)
+    if str(session_index) == "auto" and not (tune_defaults and valid):
+        # nothing would choose between the hybrid and the plain bundle
+        setting, knn_source = None, "auto: " + (why_not or "tuning turned off")
+    else:
+        setting, knn_source = _knn_setting(session_index, sessions, catalog, config,
+                                           print if progress else _quiet)
     if setting is not None:
         knn = _session_indexes(setting, sessions, catalog, config, new_of_old)
         report["session_index_seconds"] = round(time.perf_counter() - t, 2)
@@ -515,7 +518,6 @@ def export_bundle(
                                         parity_sessions(sessions, n_parity))
         written = json.loads((candidate / "manifest.json").read_text())
         defaults, inference = written["defaults"], written["inference"]
-        valid, why_not = validation_sessions(sessions, config, train_csv)
         if tune_defaults and valid:  # only the manifest (defaults, window, record) changes
             chosen, trials = defaults_by_validation(candidate, valid, catalog, progress,
                                                     log=print if progress else _quiet)

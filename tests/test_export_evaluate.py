@@ -494,3 +494,26 @@ def test_string_ids_unknown_are_counted_never_mapped(str_bundle):
     assert all_unknown.unknown == len(near) and all_unknown.fallback == "popularity"
     pop = np.load(str_bundle / "popularity.npy")
     assert all_unknown.item_ids.tolist() == ids[pop[:10]].tolist()
+
+
+def test_auto_session_index_not_searched_when_nothing_would_choose(tiny_run, tmp_path):
+    """--session-index auto searches a session-kNN setting only when the export's
+    validation search will run: with training data other than the checkpoint's (its
+    validation sessions unknown) or tuning turned off, no index is built and the report
+    says why."""
+    import shutil
+
+    root, ckpt, _, _ = tiny_run
+    other = tmp_path / "train-copy.csv"
+    shutil.copy(root / "train.csv", other)
+    for kwargs, why in (({"train_csv": other}, f"auto: --train {other} is not the "
+                         "checkpoint's training data"),
+                        ({"tune_defaults": False}, "auto: tuning turned off")):
+        bundle, report = export_bundle(ckpt, tmp_path / f"b{len(why)}", neighbors=20,
+                                       n_parity=5, progress=False, **kwargs)
+        assert report["session_index"]["source"] == "auto"
+        assert report["session_index"]["kept"] is False
+        assert report["session_index"]["why"].startswith(why), report["session_index"]
+        assert "session_index_seconds" not in report
+        assert report["defaults_choice"].startswith("from training-data rates")
+        assert "sknn" not in Recommender.load(bundle).manifest
