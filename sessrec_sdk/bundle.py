@@ -428,6 +428,10 @@ def _check_manifest(manifest: Any, path: Path) -> None:
         raise CorruptFileError(f"{where}: n_categories must be an int >= 1")
     if CATEGORY_INDPTR in manifest["files"] and "n_categories" not in manifest:
         raise CorruptFileError(f"{where}: a category index needs n_categories")
+    if "n_categories" not in manifest and kind == "encoder" and any(
+            e["kind"] == "category_scores" for e in encoder_spec(manifest)["outputs"]):
+        raise CorruptFileError(f"{where}: an encoder output of kind category_scores needs "
+                               "n_categories (damaged manifest?)")
     if CATEGORY_INDPTR in manifest["files"] and not (kind == "encoder" and version >= 2 and any(
             e["kind"] == "category_scores" for e in manifest["encoder"]["outputs"])):
         raise CorruptFileError(f"{where}: a category index needs an encoder output of kind "

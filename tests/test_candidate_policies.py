@@ -250,6 +250,26 @@ def test_bad_categories_option(cat_rec, categories, exc):
         cat_rec.recommend(s, candidates="categories", categories=categories)
 
 
+def test_a_category_head_without_n_categories_is_refused_at_load(cat_bundle, tmp_path):
+    """A hand-edited manifest that keeps the category_scores output but drops
+    n_categories (and the category index that needs it): refused at load, saying what is
+    missing (not only that the default categories= is out of [1, 0])."""
+    from fault_injection import read_manifest, write_manifest  # tests/ is on sys.path
+
+    b = tmp_path / "b"
+    shutil.copytree(cat_bundle, b)
+    m = read_manifest(b)
+    del m["n_categories"]
+    for name in ("category_items_indptr.npy", "category_items_indices.npy"):
+        del m["files"][name]
+        (b / name).unlink()
+    write_manifest(b, m)
+    with pytest.raises(CorruptFileError) as err:
+        Recommender.load(b)
+    assert str(err.value) == (f"{b / 'manifest.json'}: an encoder output of kind "
+                              "category_scores needs n_categories (damaged manifest?)")
+
+
 @pytest.mark.parametrize("edit, match", [
     (lambda p, i: i.__setitem__(0, 10**6), "category_items_indices.npy"),
     (lambda p, i: p.__setitem__(2, p[3] + 1), "category_items_indptr.npy"),

@@ -225,6 +225,30 @@ def test_knn_scores_are_scaled_by_the_calls_best_whatever_its_size(hybrid, tmp_p
     assert changed >= 10  # the blend moved the ranking: the kNN part was not dropped
 
 
+def test_index_without_neighbors_and_window_takes_the_defaults(hybrid, tmp_path):
+    """sknn.neighbors and sknn.window are optional in a manifest: without them the kNN
+    step of a hybrid takes min(100, sample) neighbor sessions and the encoder's window
+    (here the last 3 items)."""
+    path, ref = hybrid
+    b = read_bundle(path)
+    info = {k: v for k, v in b.manifest["sknn"].items() if k not in ("neighbors", "window")}
+    info["sample"] = 150  # more than the default neighbors: min(100, sample) is 100
+    arrays = SessionIndex(*(np.asarray(a) for a in b.session_index.arrays()))
+    bare = _rewrite(b, tmp_path / "bare", inference=b.manifest["inference"],
+                    defaults=b.manifest["defaults"], session_index=arrays, sknn=info)
+    rec = Recommender.load(bare)
+    for rows in _sessions(rec, 30, 18):
+        q = SknnQuery(session=np.ascontiguousarray(rows[-3:].astype(np.int32)), sample=150,
+                      neighbors=100, k=N_ITEMS, exclude_session=False,
+                      session_bonus=0.0, excluded=np.empty(0, np.int32), allowed=None,
+                      allowed_cats=None)
+        knn_rows = sknn_top_k(ref, q)[0]
+        out = rec.recommend(rec.item_ids[rows], k=N_ITEMS, knn_weight=0.0,
+                            max_candidates=N_ITEMS)  # every item of the neighbor sessions
+        assert set(rec.bundle.ids.rows(out.item_ids).tolist()) == {
+            r for r in knn_rows.tolist() if r not in set(rows.tolist())}
+
+
 def test_max_candidates_bounds_the_knn_step(hybrid):
     """max_candidates=m: only the kNN reference's top m rows can come back."""
     path, ref = hybrid
@@ -325,7 +349,7 @@ def test_load_logs_one_line_that_says_what_was_loaded(hybrid, caplog):
     path, _ = hybrid
     fmt = 3 if "position_weight" in Recommender.load(path).manifest["sknn"] else 2
     with caplog.at_level(logging.INFO, logger="sessrec"):
-        Recommender.load(path, backend="numpy", verify=False)
+        hybrid_numpy = Recommender.load(path, backend="numpy", verify=False)
         Recommender.load(path.parent / "knn", backend="c", verify=True)
         b = read_bundle(path)  # a manifest whose model has no kind: "?" in its place
         nameless = _rewrite(b, path.parent / "nameless", inference=b.manifest["inference"],
@@ -333,6 +357,9 @@ def test_load_logs_one_line_that_says_what_was_loaded(hybrid, caplog):
                                       "exclude_session_items": True}, model={"config": {}})
         Recommender.load(nameless, backend="numpy", verify=False)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded")]
+    # the kNN step of a hybrid runs on the backend asked for, like the model's kernel
+    assert hybrid_numpy._served.knn_kernel.name == "numpy"
+    assert Recommender.load(path.parent / "knn", backend="numpy").backend == "numpy"
     assert lines == [
         f"loaded {path}: synthetic v{fmt}, {N_ITEMS} items, d=16, K=10; backend numpy, "
         "verify=False, prefault=False",

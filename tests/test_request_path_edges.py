@@ -293,3 +293,31 @@ def test_no_query_without_a_known_item_and_results_are_read_only(rec, small_ids)
         out.scores[0] = 1.0
     with pytest.raises(ValueError, match="read-only"):
         out.item_ids[0] = 1
+
+
+def test_item_bias_is_added_to_every_score(small_bundle, small_ids, tmp_path):
+    """A bundle with an item bias (models with an output bias): each score is the
+    bias-free bundle's score of that item plus its bias, rounded once in float32, and the
+    ranking follows the sum."""
+    b = read_bundle(small_bundle)
+    bias = np.random.default_rng(9).normal(0, 2, b.item_matrix.shape[0]).astype(np.float32)
+    biased = write_bundle(
+        tmp_path / "biased", encoder=small_bundle / "encoder.onnx",
+        item_matrix=np.asarray(b.item_matrix), neighbors=np.asarray(b.neighbors),
+        item_ids=np.asarray(b.ids.in_row_order), popularity=np.asarray(b.popularity),
+        popularity_scores=np.asarray(b.popularity_scores),
+        item_category=np.asarray(b.item_category), item_bias=bias, model=b.manifest["model"],
+        inference=b.manifest["inference"], defaults=b.manifest["defaults"])
+    plain, rec = Recommender.load(small_bundle), Recommender.load(biased)
+    moved = 0
+    for i in range(0, 60, 3):
+        session = small_ids[i:i + 3].tolist()
+        every = plain.recommend(session, k=200)  # every candidate (K x 3 < 200)
+        base = dict(zip(plain.bundle.ids.rows(every.item_ids).tolist(), every.scores))
+        out = rec.recommend(session, k=10)
+        rows = rec.bundle.ids.rows(out.item_ids).tolist()
+        want = sorted(base, key=lambda r: (-np.float32(base[r] + bias[r]), r))[:10]
+        assert rows == want
+        assert out.scores.tolist() == [np.float32(base[r] + bias[r]) for r in rows]
+        moved += rows != plain.bundle.ids.rows(every.item_ids[:10]).tolist()
+    assert moved > 0
