@@ -2,16 +2,16 @@
 # Mutation testing of the Python side with mutmut (pip install mutmut; in the dev extra),
 # in a temporary copy of the tree: the repository's files are never touched.
 #
-#   bash scripts/mutation.sh                       # the default modules below, ~15-25 min
-#   MUTATE="export_tools/metrics.py" bash scripts/mutation.sh      # one module, ~1 min
-#   MUTATE="sessrec_sdk/" CHILDREN=2 KEEP=1 bash scripts/mutation.sh
+#   bash scripts/mutation.sh                       # the default modules below
+#   MUTATE="export_tools/metrics.py" bash scripts/mutation.sh      # one module
+#   MUTATE="sessrec_sdk/" CHILDREN=2 KEEP=1 bash scripts/mutation.sh   # the whole runtime
 #   MUTANTS="sessrec_sdk.recommender.x__blend*" MUTATE=sessrec_sdk/recommender.py bash ...
 #
 # What is mutated (MUTATE, space-separated paths): by default the runtime's request path
-# and its helpers (sessrec_sdk/ minus the Numba kernel, whose @njit functions mutmut's
-# trampolines cannot wrap, and minus the CLI, bundle writer/verifier and page-cache code,
-# which have their own slower suites), the one metrics implementation and the export
-# defaults. Each mutant runs only the tests that reach the mutated function (mutmut's
+# and its helpers, the one metrics implementation and the export defaults; MUTATE=
+# "sessrec_sdk/" takes the rest of the runtime too (session-kNN kernel wrappers, encoder,
+# bundle reader/writer, page cache, CLI). The Numba kernels are never mutated: mutmut's
+# trampolines cannot wrap @njit functions. Each mutant runs only the tests that reach the mutated function (mutmut's
 # coverage stats) out of a fast subset (TESTS). Prints mutmut's per-mutant results and
 # the totals; KEEP=1 keeps the copy (cd there and run `.venv/bin/mutmut show NAME`).
 # For the C kernels see scripts/c_mutants.py.
@@ -32,12 +32,11 @@ RM=tests/test_recommend_many.py
 TESTS=${TESTS:-"tests/test_kernels.py tests/test_recommender.py tests/test_bad_input.py \
 tests/test_ids.py tests/test_request_path_edges.py tests/test_candidate_policies.py tests/test_bundle_v2.py \
 tests/test_hybrid_synthetic.py tests/test_learned_repeats_synthetic.py tests/test_damaged_bundle_calls.py \
-tests/test_cli.py::test_recommend_many_equals_recommend \
-tests/test_cli.py::test_load_logs_and_warns_about_a_slower_backend \
 $RM::test_session_knn_bundle_skips_the_encoder \
 $RM::test_bad_input_in_one_session_raises_what_recommend_raises \
 $RM::test_batched_synthetic_equals_recommend $RM::test_a_bad_batch_value_is_refused \
 $RM::test_batch_key_must_match_the_encoder $RM::test_a_batched_run_that_loses_sessions_is_refused \
+tests/test_sknn_kernels.py tests/test_synthetic_sknn.py tests/test_pages.py tests/test_cli.py \
 tests/test_metrics.py tests/test_defaults.py \
 tests/test_export_evaluate.py::test_popularity_order_and_ties_hand_counted \
 tests/test_export_evaluate.py::test_choose_defaults_follow_the_data \
@@ -62,7 +61,7 @@ cat >> "$WORK/pyproject.toml" <<EOF
 [tool.mutmut]
 source_paths = ["sessrec_sdk", "export_tools"]
 only_mutate = $(toml_list "$only")
-do_not_mutate = ["sessrec_sdk/kernels/numba_backend.py"]
+do_not_mutate = ["sessrec_sdk/kernels/numba_backend.py", "sessrec_sdk/kernels/sknn_numba.py"]
 also_copy = ["csrc", "data"]
 pytest_add_cli_args_test_selection = $(toml_list "$TESTS")
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]
