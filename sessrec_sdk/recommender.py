@@ -636,6 +636,8 @@ def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, c
         if policy == "categories" and s.bundle.category_indptr is None:
             raise ValueError("candidates='categories' needs the bundle's category index "
                              "(category_items_*.npy), which this bundle does not have")
+    if max_candidates is not None and not cap:  # unused by this call, but still checked
+        _int_option("max_candidates", max_candidates, 1, INT32_MAX)
     bonus = d.get("repeat_bonus", 0.0) if repeat_bonus is None else repeat_bonus
     if isinstance(bonus, bool) or not isinstance(bonus, (int, float, np.integer, np.floating)):
         raise TypeError(f"repeat_bonus must be a number, got {type(bonus).__name__}")
