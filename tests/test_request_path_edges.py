@@ -321,3 +321,56 @@ def test_item_bias_is_added_to_every_score(small_bundle, small_ids, tmp_path):
         assert out.scores.tolist() == [np.float32(base[r] + bias[r]) for r in rows]
         moved += rows != plain.bundle.ids.rows(every.item_ids[:10]).tolist()
     assert moved > 0
+
+
+@pytest.mark.parametrize("session, text", [
+    (b"a1", "session must be a sequence of item ids, not a bare bytes; wrap a single id in "
+            "a list: [b'a1']"),
+    (bytearray(b"x" * 50), "session must be a sequence of item ids, not a bare bytearray; "
+                           f"wrap a single id in a list: [{b'x' * 40!r}]"),
+    (np.ma.masked_array([1, 2], mask=[0, 1]), "session: masked arrays are not accepted (the "
+     "mask would be ignored); pass arr.compressed() for the unmasked ids"),
+    ({1, 2}, "session must be a list, tuple or numpy array of item ids, not set"),
+])
+def test_id_type_errors_word_for_word(rec, session, text):
+    """What a caller sees for ids of the wrong kind: the exact TypeError text (a bytearray
+    is shown by its first 40 bytes)."""
+    with pytest.raises(TypeError) as err:
+        rec.recommend(session)
+    assert str(err.value) == text
+
+
+def test_rule_list_limit_word_for_word(small_bundle, small_ids):
+    """An exclude= list longer than Limits.rule_ids: refused with the count and the limit;
+    one exactly at the limit is read."""
+    rec = Recommender.load(small_bundle, limits=Limits(rule_ids=5))
+    assert len(rec.recommend(small_ids[:3].tolist(), k=3, exclude=small_ids[:5])) == 3
+    with pytest.raises(ValueError) as err:
+        rec.recommend(small_ids[:3].tolist(), exclude=small_ids[:6])
+    assert str(err.value) == ("exclude holds 6 ids; at most 5 are accepted "
+                              "(sessrec_sdk.Limits, set at Recommender.load)")
+
+
+@pytest.mark.parametrize("kwargs, exc, text", [
+    ({"limits": 3}, TypeError, "limits must be a sessrec_sdk.Limits, got int"),
+    ({"encoder_cache": -1}, ValueError, "encoder_cache must be an int >= 0, got -1"),
+    ({"encoder_cache": True}, ValueError, "encoder_cache must be an int >= 0, got True"),
+    ({"encoder_cache": 2.0}, ValueError, "encoder_cache must be an int >= 0, got 2.0"),
+])
+def test_load_option_errors_word_for_word(small_bundle, kwargs, exc, text):
+    with pytest.raises(exc) as err:
+        Recommender.load(small_bundle, **kwargs)
+    assert str(err.value) == text
+
+
+def test_c_kernel_refuses_arrays_that_are_not_c_contiguous(small_bundle):
+    """The C kernel reads raw pointers: a strided (Fortran-order) matrix is refused with a
+    ValueError before any call, never read with the wrong strides."""
+    from sessrec_sdk.kernels import CatalogArrays
+    from sessrec_sdk.kernels.c_backend import CKernel
+
+    b = read_bundle(small_bundle)
+    matrix = np.asfortranarray(np.asarray(b.item_matrix))
+    with pytest.raises(ValueError) as err:
+        CKernel(CatalogArrays(matrix, np.asarray(b.neighbors), None, None))
+    assert str(err.value) == "kernel arrays must be C-contiguous"
