@@ -498,6 +498,23 @@ def test_refusal_messages_of_the_reference():
         reference.top_k(no_cats, q._replace(allowed_cats=np.array([0], np.int32)))
 
 
+def test_refusal_messages_of_the_c_kernel():
+    """The C kernel's own refusal (its argument check, not the reference's) says what it
+    was given: dim, n_use, the row width and whether the catalog has categories."""
+    from sessrec_sdk.kernels.c_backend import CKernel
+
+    cat, q = _tiny()
+    with pytest.raises(ValueError) as err:
+        CKernel(cat).top_k(q._replace(n_use=3), Scratch(5))
+    assert str(err.value) == ("kernel arguments out of range (dim=3, n_use=3, neighbors per "
+                              "item=2, categories=yes)")
+    no_cats, q = _tiny(categories=False)
+    with pytest.raises(ValueError) as err:
+        CKernel(no_cats).top_k(q._replace(allowed_cats=np.array([0], np.int32)), Scratch(5))
+    assert str(err.value) == ("kernel arguments out of range (dim=3, n_use=2, neighbors per "
+                              "item=2, categories=no)")
+
+
 @pytest.mark.parametrize("exclude_seeds", [True, False])
 def test_zero_neighbors_per_item(exclude_seeds):
     """n_use = 0 is valid: only the seeds themselves (when they may be returned) and the
