@@ -45,8 +45,9 @@ def test_c_kernel_instruction_sets():
         assert instruction_set() == "portable"
     finally:
         assert instruction_set("best") == best
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as err:
         instruction_set("sse9")
+    assert str(err.value) == "request must be None, 'portable' or 'best', got 'sse9'"
 
 
 @st.composite
