@@ -298,10 +298,9 @@ def check_parity(bundle: Path, model, catalog: D.Catalog, sessions: list[np.ndar
 
     A hybrid bundle is checked without its kNN blend (``knn_weight=0``, its own
     candidates). The reference is the torch model's own scoring (``model.encode`` and
-    ``model.scores``,
-    plus the repeat head's bonus of the window's items when the model has one), not the
-    exported tables, so a wrong table (scale, normalisation, bias, row order) shows up
-    here. The encoder's repeat output is also compared with the torch repeat logits
+    ``model.scores``, plus the repeat head's bonus of the window's items when the model has
+    one), not the exported tables, so a wrong table (scale, normalisation, bias, row
+    order) shows up here. The encoder's repeat output is also compared with the torch repeat logits
     position by position (``max_abs_repeat_diff``). A float16 bundle is checked against
     the torch query times the model's rows rounded to float16 (+ bias); the report adds
     how far rounding moved the scores."""

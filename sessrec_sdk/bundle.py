@@ -180,8 +180,7 @@ class Bundle:
     @property
     def predicts_categories(self) -> bool:
         """The encoder has a category head (an output of kind "category_scores")."""
-        return scorer(self.manifest) == "encoder" and any(
-            e["kind"] == "category_scores" for e in encoder_spec(self.manifest)["outputs"])
+        return predicts_categories(self.manifest)
 
     @property
     def encoder_path(self) -> Path:
@@ -321,6 +320,13 @@ def _check_values(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> No
                                            f"values (|x| > {MAX_ABS_VALUE:g})")
 
 
+def predicts_categories(manifest: dict[str, Any]) -> bool:
+    """The manifest's encoder has a category head (an output of kind "category_scores");
+    never for v1 or session-kNN bundles."""
+    return scorer(manifest) == "encoder" and any(
+        e["kind"] == "category_scores" for e in encoder_spec(manifest)["outputs"])
+
+
 def encoder_spec(manifest: dict[str, Any]) -> dict[str, Any]:
     """The encoder's declared inputs and outputs ({"inputs": [{"name", "kind"}, ...],
     "outputs": [...], optional "batch": bool}); a v1 manifest implies
@@ -428,12 +434,11 @@ def _check_manifest(manifest: Any, path: Path) -> None:
         raise CorruptFileError(f"{where}: n_categories must be an int >= 1")
     if CATEGORY_INDPTR in manifest["files"] and "n_categories" not in manifest:
         raise CorruptFileError(f"{where}: a category index needs n_categories")
-    if "n_categories" not in manifest and kind == "encoder" and any(
-            e["kind"] == "category_scores" for e in encoder_spec(manifest)["outputs"]):
+    head = predicts_categories(manifest)
+    if "n_categories" not in manifest and head:
         raise CorruptFileError(f"{where}: an encoder output of kind category_scores needs "
                                "n_categories (damaged manifest?)")
-    if CATEGORY_INDPTR in manifest["files"] and not (kind == "encoder" and version >= 2 and any(
-            e["kind"] == "category_scores" for e in manifest["encoder"]["outputs"])):
+    if CATEGORY_INDPTR in manifest["files"] and not head:
         raise CorruptFileError(f"{where}: a category index needs an encoder output of kind "
                                "category_scores (damaged manifest?)")
     for name, info in manifest["files"].items():
@@ -495,8 +500,7 @@ def _check_defaults(d: Any, manifest: dict[str, Any], where: Path) -> None:
         raise CorruptFileError(f"{where}: defaults.candidates={d['candidates']!r} does not fit "
                                f"a bundle scored by {scorer(manifest)!r} (an sknn bundle's "
                                "candidates are 'sessions', which needs the session index)")
-    head = manifest["format_version"] >= 2 and scorer(manifest) == "encoder" and any(
-        e["kind"] == "category_scores" for e in encoder_spec(manifest)["outputs"])
+    head = predicts_categories(manifest)
     if (d["category_filter"] == "predicted" or d["candidates"] == "categories") and not head:
         raise CorruptFileError(f"{where}: defaults need an encoder that predicts categories "
                                "(an output of kind category_scores)")
