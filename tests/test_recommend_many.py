@@ -321,3 +321,34 @@ def test_export_refuses_an_encoder_whose_rows_mix(tmp_path):
     assert check_batch_parity(model, encoder(False)) <= BATCH_TOLERANCE
     with pytest.raises(RuntimeError, match="from the same session run alone"):
         check_batch_parity(model, encoder(True))
+
+
+def test_cached_encoder_batches_on_a_synthetic_bundle(batched_synthetic):
+    """CachedEncoder.run_batch: a window listed twice is encoded once; windows already in
+    the cache are not encoded again; the cache keeps the last ``size`` windows (LRU, a
+    hit refreshes); every answer is recommend()'s on an uncached Recommender, and the
+    cached outputs are read-only."""
+    plain = Recommender.load(batched_synthetic)
+    rec = Recommender.load(batched_synthetic, encoder_cache=4)
+    ids = rec.item_ids
+    a, b, c, d, e = (ids[i:i + 2].tolist() for i in range(0, 10, 2))
+    single = {tuple(s): plain.recommend(s, k=7) for s in (a, b, c, d, e)}
+    runs = count_runs(rec)
+
+    def check(sessions, encoded):
+        runs.clear()
+        assert_same(rec.recommend_many(sessions, k=7), [single[tuple(s)] for s in sessions],
+                    exact=True)
+        assert sum(runs) == encoded, (sessions, runs)
+
+    check([a, b, a, c], 3)       # a twice: one run of 3 windows; held: a b c
+    check([b, a, c], 0)          # all from the cache; held, oldest first: b a c
+    check([d, e, a], 2)          # a refreshed, d e new: b (least recent) out; c a d e
+    check([b], 1)                # b is encoded again; c out: a d e b
+    check([a, e, d, b], 0)       # all held
+    check([c], 1)                # c is encoded again
+    memo = rec._served.encoder._memo
+    assert len(memo) == 4
+    out = next(iter(memo.values()))
+    for v in out.values():
+        assert not v.flags.writeable
