@@ -228,16 +228,27 @@ def test_knn_scores_are_scaled_by_the_calls_best_whatever_its_size(hybrid, tmp_p
 def test_index_without_neighbors_and_window_takes_the_defaults(hybrid, tmp_path):
     """sknn.neighbors and sknn.window are optional in a manifest: without them the kNN
     step of a hybrid takes min(100, sample) neighbor sessions and the encoder's window
-    (here the last 3 items)."""
+    (here the last 3 items). The index adds 150 sessions (hub, row j) with a distinct j
+    each, the hub a row no other session holds, so a window of the hub alone has 150
+    neighbor sessions, of which exactly 100 give candidates."""
     path, ref = hybrid
     b = read_bundle(path)
     info = {k: v for k, v in b.manifest["sknn"].items() if k not in ("neighbors", "window")}
     info["sample"] = 150  # more than the default neighbors: min(100, sample) is 100
-    arrays = SessionIndex(*(np.asarray(a) for a in b.session_index.arrays()))
+    hub = N_ITEMS - 1
+    star = [np.array([hub, j]) for j in range(1, 151)]
+    index = build_index(star + _training_sessions(np.random.default_rng(3)), N_ITEMS,
+                        sample=150, idf=True)
+    info["n_sessions"] = len(index["session_indptr"]) - 1
+    fields = ("item_indptr", "item_sessions", "session_indptr", "session_items",
+              "item_weight")
     bare = _rewrite(b, tmp_path / "bare", inference=b.manifest["inference"],
-                    defaults=b.manifest["defaults"], session_index=arrays, sknn=info)
+                    defaults=b.manifest["defaults"],
+                    session_index=SessionIndex(*(index[f] for f in fields)), sknn=info)
+    ref = SknnIndex(*(index[f] for f in fields), ref.categories, ref.position_weight)
     rec = Recommender.load(bare)
-    for rows in _sessions(rec, 30, 18):
+    sessions = [np.array([hub]), np.array([5, hub]), *_sessions(rec, 30, 18)]
+    for rows in sessions:
         q = SknnQuery(session=np.ascontiguousarray(rows[-3:].astype(np.int32)), sample=150,
                       neighbors=100, k=N_ITEMS, exclude_session=False,
                       session_bonus=0.0, excluded=np.empty(0, np.int32), allowed=None,
@@ -247,6 +258,9 @@ def test_index_without_neighbors_and_window_takes_the_defaults(hybrid, tmp_path)
                             max_candidates=N_ITEMS)  # every item of the neighbor sessions
         assert set(rec.bundle.ids.rows(out.item_ids).tolist()) == {
             r for r in knn_rows.tolist() if r not in set(rows.tolist())}
+    alone = rec.recommend(rec.item_ids[[hub]], k=N_ITEMS, knn_weight=0.0,
+                          max_candidates=N_ITEMS)
+    assert alone.n_candidates == 100  # one distinct row from each of 100 neighbors
 
 
 def test_max_candidates_bounds_the_knn_step(hybrid):

@@ -374,3 +374,20 @@ def test_c_kernel_refuses_arrays_that_are_not_c_contiguous(small_bundle):
     with pytest.raises(ValueError) as err:
         CKernel(CatalogArrays(matrix, np.asarray(b.neighbors), None, None))
     assert str(err.value) == "kernel arrays must be C-contiguous"
+
+
+def test_an_encoder_whose_item_rows_are_narrower_is_refused_at_load(tmp_path):
+    """The encoder's declared item-row width is checked against the manifest's input_dim
+    at load (here an encoder of a dim-8 bundle in a dim-16 bundle): named before its query
+    width, so the first thing wrong is what the error says."""
+    from fault_injection import resign  # tests/ is on sys.path under pytest
+
+    wide = build_synthetic_bundle(tmp_path / "wide", n_items=200, dim=16, neighbors=10)
+    narrow = build_synthetic_bundle(tmp_path / "narrow", n_items=200, dim=8, neighbors=10)
+    shutil.copy(narrow / "encoder.onnx", wide / "encoder.onnx")
+    resign(wide, "encoder.onnx")
+    with pytest.raises(CorruptFileError) as err:
+        Recommender.load(wide)
+    assert str(err.value) == (
+        f"{wide / 'encoder.onnx'}: encoder input 'item_emb' (kind item_rows) must be "
+        f"tensor(float) [1, None, 16], it is declared tensor(float) [1, 'L', 8]")
