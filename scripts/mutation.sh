@@ -37,7 +37,8 @@ $RM::test_session_knn_bundle_skips_the_encoder \
 $RM::test_bad_input_in_one_session_raises_what_recommend_raises \
 $RM::test_batched_synthetic_equals_recommend $RM::test_a_bad_batch_value_is_refused \
 $RM::test_batch_key_must_match_the_encoder $RM::test_a_batched_run_that_loses_sessions_is_refused \
-$RM::test_cached_encoder_batches_on_a_synthetic_bundle \
+$RM::test_cached_encoder_batches_on_a_synthetic_bundle $RM::test_extra_outputs_of_a_batched_run \
+$RM::test_a_batched_run_that_fails_names_the_batch \
 tests/test_sknn_kernels.py tests/test_synthetic_sknn.py tests/test_pages.py tests/test_cli.py \
 tests/test_metrics.py tests/test_defaults.py \
 tests/test_export_evaluate.py::test_popularity_order_and_ties_hand_counted \

@@ -21,6 +21,7 @@ from fault_injection import resign
 from export_tools.synthetic import build_synthetic_bundle, build_synthetic_sknn_bundle
 from sessrec_sdk import Recommender
 from sessrec_sdk.errors import CorruptFileError
+from sessrec_sdk.recommender import _encoder_inputs
 
 # the model-contract fixtures, reused (pytest takes fixtures from module attributes)
 one_torch_thread, real_slice, trained = (contract.one_torch_thread, contract.real_slice,
@@ -339,16 +340,123 @@ def test_cached_encoder_batches_on_a_synthetic_bundle(batched_synthetic):
         runs.clear()
         assert_same(rec.recommend_many(sessions, k=7), [single[tuple(s)] for s in sessions],
                     exact=True)
-        assert sum(runs) == encoded, (sessions, runs)
+        assert runs == encoded, (sessions, runs)
 
-    check([a, b, a, c], 3)       # a twice: one run of 3 windows; held: a b c
-    check([b, a, c], 0)          # all from the cache; held, oldest first: b a c
-    check([d, e, a], 2)          # a refreshed, d e new: b (least recent) out; c a d e
-    check([b], 1)                # b is encoded again; c out: a d e b
-    check([a, e, d, b], 0)       # all held
-    check([c], 1)                # c is encoded again
+    check([a, b, a, c], [3])     # a twice: one run of 3 windows; held: a b c
+    check([b, a, c], [])         # all from the cache; held, oldest first: b a c
+    check([d, e, a], [2])        # a refreshed, d e new: b (least recent) out; c a d e
+    check([b], [1])              # b is encoded again; c out: a d e b
+    check([a, e, d, b], [])      # all held
+    check([c], [1])              # c is encoded again, a out: e d b c
+    # one at a time: c held; a in, e out; e in, d out; b held; d in
+    for s, encoded in ((c, []), (a, [1]), (e, [1]), (b, []), (d, [1])):
+        runs.clear()
+        assert_same([rec.recommend(s, k=7)], [single[tuple(s)]], exact=True)
+        assert runs == encoded, (s, runs)
     memo = rec._served.encoder._memo
     assert len(memo) == 4
     out = next(iter(memo.values()))
     for v in out.values():
         assert not v.flags.writeable
+
+
+def _swap_encoder(bundle, out, nodes, extra_shape, consts=()):
+    """A copy of the batched ``bundle`` whose encoder gives the mean of the item rows as
+    its query (the same as the synthetic encoder's run) plus an output "extra" of kind
+    extra, computed by ``nodes`` from "pooled" ([B, dim]) and declared ``extra_shape``."""
+    from onnx import TensorProto, helper
+
+    shutil.copytree(bundle, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    dim = manifest["dim"]
+    manifest["encoder"]["outputs"].append({"name": "extra", "kind": "extra"})
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["item_emb"], ["pooled"], axes=[1], keepdims=0),
+         helper.make_node("Identity", ["pooled"], ["query"]), *nodes],
+        "extra",
+        [helper.make_tensor_value_info("items", TensorProto.INT64, ["B", "L"]),
+         helper.make_tensor_value_info("item_emb", TensorProto.FLOAT, ["B", "L", dim])],
+        [helper.make_tensor_value_info("query", TensorProto.FLOAT, ["B", dim]),
+         helper.make_tensor_value_info("extra", TensorProto.FLOAT, extra_shape)],
+        list(consts))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (out / "encoder.onnx").write_bytes(model.SerializeToString())
+    resign(out, "encoder.onnx")
+    return out
+
+
+def test_extra_outputs_of_a_batched_run(batched_synthetic, tmp_path):
+    """Every output of a batched run is split by session: a 1-D output [B] gives each
+    session its own value; an output that is not one row per session (here one value for
+    the whole batch) is refused, naming the file and the output; windows of two lengths
+    are not one batch."""
+    from onnx import TensorProto, helper
+
+    one_d = _swap_encoder(batched_synthetic, tmp_path / "one_d",
+                          [helper.make_node("ReduceMean", ["pooled"], ["extra"], axes=[1],
+                                            keepdims=0)], ["B"])
+    rec = Recommender.load(one_d)
+    enc = rec._served.encoder
+    ids = rec.item_ids
+    windows = [_encoder_inputs(rec._served, rec.session_rows(ids[i:i + 2].tolist()))
+               for i in (0, 2, 4)]
+    for n in (2, 3):  # a batch of two is one run too
+        runs = count_runs(rec)
+        out = enc.run_batch(windows[:n])
+        assert runs == [n]
+        for (rows, emb), got in zip(windows, out):  # each session its own row
+            alone = enc(rows, emb)
+            assert got["extra"].shape == (1,) and alone["extra"].shape == (1,)
+            assert np.isclose(got["extra"][0], emb.mean(), rtol=1e-5)
+            assert np.allclose(got["query"], alone["query"], rtol=1e-6)
+    with pytest.raises(ValueError, match="^run_batch takes windows of one length$"):
+        enc.run_batch([windows[0], (windows[1][0][:1], windows[1][1][:1])])
+
+    dim = rec.bundle.manifest["dim"]
+    const = [helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+             helper.make_tensor("one", TensorProto.INT64, [1], [1])]
+    whole = _swap_encoder(  # the first session's row only, cut at a data-dependent end
+        batched_synthetic, tmp_path / "whole",
+        [helper.make_node("ReduceMin", ["items"], ["low"], axes=[0, 1], keepdims=0),
+         helper.make_node("Mul", ["low", "zero"], ["nothing"]),
+         helper.make_node("Add", ["nothing", "one"], ["end"]),
+         helper.make_node("Slice", ["pooled", "zero", "end", "zero"], ["extra"])],
+        ["B", dim], const)
+    rec = Recommender.load(whole)
+    sessions = [ids[i:i + 2].tolist() for i in (0, 2, 4)]
+    rec.recommend(sessions[0], k=5)  # one session: one row, fine
+    with pytest.raises(CorruptFileError) as err:
+        rec.recommend_many(sessions, k=5)
+    assert str(err.value) == (f"{whole / 'encoder.onnx'}: the encoder returned (1, {dim}) for "
+                              f"'extra' on 3 sessions, not one row per session")
+
+
+def test_a_batched_run_that_fails_names_the_batch(batched_synthetic, tmp_path):
+    """An encoder declared [B, ...] that fails on more than one session (a reshape to one
+    row): the error names the file and what was encoded; one session alone is fine."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    dim = json.loads((batched_synthetic / "manifest.json").read_text())["dim"]
+    const = [helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+             helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+             helper.make_tensor("width", TensorProto.INT64, [1], [dim])]
+    path = _swap_encoder(  # reshaped to [1, dim], the 1 from the data (unknown at load)
+        batched_synthetic, tmp_path / "fails",
+        [helper.make_node("ReduceMin", ["items"], ["low"], axes=[0, 1], keepdims=0),
+         helper.make_node("Mul", ["low", "zero"], ["nothing"]),
+         helper.make_node("Add", ["nothing", "one"], ["rows"]),
+         helper.make_node("Concat", ["rows", "width"], ["shape"], axis=0),
+         helper.make_node("Reshape", ["pooled", "shape"], ["extra"])],
+        ["B", dim], const)
+    # graph optimizations off: with them ONNX Runtime rewrites this reshape so that it runs
+    rec = Recommender.load(path, ort_options={
+        "graph_optimization_level": ort.GraphOptimizationLevel.ORT_DISABLE_ALL})
+    ids = rec.item_ids
+    rec.recommend(ids[:2].tolist(), k=5)
+    with pytest.raises(CorruptFileError, match=rf"^{path / 'encoder.onnx'}: the encoder "
+                                               rf"failed on a batch of 2 sessions of 2 items "
+                                               rf"\(.+\)$"):
+        rec.recommend_many([ids[:2].tolist(), ids[2:4].tolist()], k=5)
