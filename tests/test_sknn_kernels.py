@@ -34,6 +34,7 @@ _EMPTY = np.empty(0, np.int32)
 def test_all_sknn_backends_available_here():
     # CI builds the C extension and installs numba: all three must be compared
     assert BACKENDS == ["c", "numba", "numpy"]
+    assert available_sknn_backends() == BACKENDS  # also when called after import
 
 
 def build_index(sessions: list[list[int]], n_items: int, m_index: int,
