@@ -583,15 +583,20 @@ def test_main_reads_sys_argv(small_bundle, monkeypatch, capsys):
     assert capsys.readouterr().out.startswith("(fallback: ")
 
 
-def test_delegated_command_without_its_extra(monkeypatch, capsys):
+def _import_fails(monkeypatch, module: str, message: str) -> None:
+    """importlib.import_module(module) raises ImportError(message); others import."""
     real = importlib.import_module
 
     def import_module(name, *args):
-        if name == "export_tools.train":
-            raise ImportError("No module named 'torch'")
+        if name == module:
+            raise ImportError(message)
         return real(name, *args)
 
     monkeypatch.setattr(importlib, "import_module", import_module)
+
+
+def test_delegated_command_without_its_extra(monkeypatch, capsys):
+    _import_fails(monkeypatch, "export_tools.train", "No module named 'torch'")
     assert cli.main(["train", "--help"]) == cli.EXIT_MISSING_EXTRA
     assert capsys.readouterr() == ("", "sessrec train: error: needs the export extra (No module "
                                        "named 'torch'): pip install 'sessrec[export]'\n")
@@ -639,14 +644,7 @@ def test_bench_needs_a_source_checkout(source_tree, capsys):
 
 
 def test_bench_without_the_bench_extra(source_tree, monkeypatch, capsys):
-    real = importlib.import_module
-
-    def import_module(name, *args):
-        if name == "benchmarks.run":
-            raise ImportError("No module named 'pytest_benchmark'")
-        return real(name, *args)
-
-    monkeypatch.setattr(importlib, "import_module", import_module)
+    _import_fails(monkeypatch, "benchmarks.run", "No module named 'pytest_benchmark'")
     assert cli.main(["bench"]) == cli.EXIT_MISSING_EXTRA
     assert capsys.readouterr() == ("", "sessrec bench: error: needs the bench extra (No module "
                                        "named 'pytest_benchmark'): pip install "
