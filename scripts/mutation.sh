@@ -32,7 +32,8 @@ RM=tests/test_recommend_many.py
 TESTS=${TESTS:-"tests/test_kernels.py tests/test_recommender.py tests/test_bad_input.py \
 tests/test_ids.py tests/test_request_path_edges.py tests/test_candidate_policies.py tests/test_bundle_v2.py \
 tests/test_hybrid_synthetic.py tests/test_learned_repeats_synthetic.py tests/test_damaged_bundle_calls.py \
-tests/test_options_edges.py tests/test_bundle_writes.py \
+tests/test_options_edges.py tests/test_bundle_writes.py tests/test_pages_warm.py tests/test_encoder_edges.py \
+tests/test_sknn_edges.py tests/test_manifest_checks.py tests/test_bundle_array_checks.py tests/test_write_bundle_edges.py \
 $RM::test_session_knn_bundle_skips_the_encoder \
 $RM::test_bad_input_in_one_session_raises_what_recommend_raises \
 $RM::test_batched_synthetic_equals_recommend $RM::test_a_bad_batch_value_is_refused \
