@@ -1,7 +1,12 @@
-import json, tempfile, pathlib
+import json
+import pathlib
+import tempfile
+
 import numpy as np
+
 from export_tools.synthetic import synthetic_session_index
-from sessrec_sdk.bundle import write_bundle, read_bundle
+from sessrec_sdk.bundle import read_bundle, write_bundle
+
 n = 8
 index, _ = synthetic_session_index(n, 5, sample=4, seed=1)
 out = pathlib.Path(tempfile.mkdtemp()) / "b"
