@@ -562,6 +562,8 @@ def read_bundle(path: str | os.PathLike, verify: bool | None = None) -> Bundle:
             raise CorruptFileError(f"{mpath}: does not list required file {name}")
     if bool(manifest.get("has_categories")) != (ITEM_CATEGORY in files):
         raise CorruptFileError(f"{mpath}: has_categories disagrees with the files listed")
+    if SKNN_ITEM_INDPTR in files and "sknn" not in manifest:
+        raise CorruptFileError(f"{mpath}: a session index needs the sknn entry")
     sizes = {name: _regular_file_size(path / name, info["bytes"])
              for name, info in files.items()}
     if verify is None:  # decided from the files on disk, not from what the manifest claims
@@ -576,8 +578,6 @@ def read_bundle(path: str | os.PathLike, verify: bool | None = None) -> Bundle:
     _check_rows(arrays, manifest)
     if verify:
         _check_values(arrays, manifest)
-    if SKNN_ITEM_INDPTR in files and "sknn" not in manifest:
-        raise CorruptFileError(f"{mpath}: a session index needs the sknn entry")
     matrix = arrays.get(ITEM_MATRIX)
     index = None
     if SKNN_ITEM_INDPTR in arrays:

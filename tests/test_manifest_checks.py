@@ -35,7 +35,8 @@ CAT_IO = {"inputs": [{"name": "items", "kind": "items"},
 
 
 def _encoder_bundle(out: Path, *, n: int = N, d: int = D, k: int = K, head: bool = False,
-                    input_dim: int | None = None) -> Path:
+                    input_dim: int | None = None, session_index: SessionIndex | None = None,
+                    sknn: dict | None = None) -> Path:
     rng = np.random.default_rng(3)
     matrix = (rng.standard_normal((n, d)) * 0.1).astype(np.float32)
     emb = None if input_dim is None else (
@@ -50,7 +51,7 @@ def _encoder_bundle(out: Path, *, n: int = N, d: int = D, k: int = K, head: bool
         input_embedding=emb, model={"kind": "test", "config": {}},
         inference={"max_session_length": 3, "session_filter": "none"},
         defaults={"category_filter": "none", "exclude_session_items": True},
-        encoder_io=CAT_IO if head else None)
+        encoder_io=CAT_IO if head else None, session_index=session_index, sknn=sknn)
 
 
 def _sknn_bundle(out: Path, index: SessionIndex, sknn: dict, *, n: int = N,
@@ -76,6 +77,9 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
         "knn": _sknn_bundle(root / "knn", index,
                             {"n_sessions": 5, "sample": 4, "position_weight": [0.5, 1, 0.5]}),
         "untied": _encoder_bundle(root / "untied", input_dim=5),
+        # an encoder bundle with a session index (hybrid candidates)
+        "hybrid": _encoder_bundle(root / "hybrid", session_index=index,
+                                  sknn={"n_sessions": 5, "sample": 4}),
         # every count at 1: the lower bound of each size is a value that loads
         "one": _encoder_bundle(root / "one", n=1, d=1, k=1),
         "one_knn": _sknn_bundle(root / "one_knn", one, {"n_sessions": 1, "sample": 1,
@@ -145,6 +149,8 @@ REFUSED = [
      "missing keys ['model', 'defaults']"),
     ("enc", {"dim": DROP}, CorruptFileError, "missing keys ['dim']"),
     ("knn", {"sknn": DROP}, CorruptFileError, "missing keys ['sknn']"),
+    # an encoder bundle lists the session index but lost its sknn entry
+    ("hybrid", {"sknn": DROP}, CorruptFileError, "a session index needs the sknn entry"),
     # the encoder declaration
     ("enc", {"encoder/inputs": []}, CorruptFileError,
      ENCODER_MSG.format("inputs", bundle.INPUT_KINDS)),
