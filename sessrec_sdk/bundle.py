@@ -213,7 +213,7 @@ def _check_arrays(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> No
     for name, arr in arrays.items():  # the kernels read raw memory in C order, native bytes
         if not (arr.flags.c_contiguous and arr.dtype.isnative):
             raise CorruptFileError(f"{name}: must be a C-order array in native byte order "
-                                   f"(found {'Fortran' if arr.flags.f_contiguous else 'C'} "
+                                   f"(found {'C' if arr.flags.c_contiguous else 'Fortran'} "
                                    f"order, dtype {arr.dtype.str})")
 
     if SKNN_ITEM_INDPTR in arrays:

@@ -341,6 +341,10 @@ def test_arrays_at_their_bounds_load(bases, tmp_path, base, edit, name, shape):
     (NEIGHBORS, np.asfortranarray,
      f"{NEIGHBORS}: must be a C-order array in native byte order (found Fortran order, "
      "dtype <i4)"),
+    # a 1-D array is in C and Fortran order at once: the message names the byte order's fault
+    (POPULARITY, lambda a: a.astype(a.dtype.newbyteorder(">")),
+     f"{POPULARITY}: must be a C-order array in native byte order (found C order, "
+     "dtype >i4)"),
 ])
 def test_fortran_order_or_foreign_byte_order_is_refused(bases, tmp_path, name, damage,
                                                         message):
