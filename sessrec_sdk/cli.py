@@ -202,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("bundle", type=Path, help="bundle directory")
     r.add_argument("items", nargs="+", help="session item ids, oldest first")
     r.add_argument("-k", type=int, default=None, help="how many items (default: the bundle's)")
-    r.add_argument("--category-filter", choices=["last", "session", "none"], default=None,
-                   help="category filter (default: the bundle's)")
+    r.add_argument("--category-filter", choices=["last", "session", "none", "predicted"],
+                   default=None, help="category filter (default: the bundle's; 'predicted' "
+                   "needs a bundle whose encoder predicts categories)")
     r.add_argument("--backend", default="auto", choices=["auto", "c", "numba", "numpy"],
                    help="kernel backend (default auto)")
     r.set_defaults(func=_recommend)

@@ -369,6 +369,17 @@ def test_recommend_prints_the_sdk_answer(small_bundle, small_ids, capsys):
             rec.recommend(session, category_filter=name))
 
 
+def test_recommend_predicted_filter_reaches_the_sdk(small_bundle, small_ids, capsys):
+    """"predicted" is offered; on a bundle without a category head the SDK's own refusal
+    is printed as a usage error, word for word."""
+    session = [int(i) for i in small_ids[:2]]
+    with pytest.raises(ValueError) as e:
+        Recommender.load(small_bundle).recommend(session, category_filter="predicted")
+    assert cli.main(["recommend", str(small_bundle), *map(str, session),
+                     "--category-filter", "predicted"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == f"sessrec recommend: error: {e.value}\n"
+
+
 def test_recommend_unknown_ids_prints_the_fallback(small_bundle, capsys):
     rec = Recommender.load(small_bundle)
     want = rec.recommend([-5, -7], k=3)
@@ -705,13 +716,13 @@ def test_choices_are_the_sdk_values(capsys):
         backend = next(a for a in subs[name]._actions if a.dest == "backend")
         assert tuple(backend.choices) == BACKENDS
     cf = next(a for a in subs["recommend"]._actions if a.dest == "category_filter")
-    assert set(cf.choices) <= set(CATEGORY_FILTERS) and len(cf.choices) == 3
+    assert sorted(cf.choices) == sorted(CATEGORY_FILTERS)
     ro = next(a for a in subs["synth"]._actions if a.dest == "row_order")
     assert sorted(ro.choices) == sorted(ROW_ORDERS)
     for argv in (["synth", "x", "--items", "5", "--dtype", "float64"],
                  ["inspect", "x", "--backend", "gpu"],
                  ["recommend", "x", "1", "--backend", "gpu"],
-                 ["recommend", "x", "1", "--category-filter", "predicted"]):
+                 ["recommend", "x", "1", "--category-filter", "latest"]):
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
         assert e.value.code == cli.EXIT_USAGE
