@@ -25,6 +25,17 @@ class MissingExtra(Exception):
     """A command needs an optional dependency group that is not installed."""
 
 
+# options of `synth` that only one kind of bundle reads, with their defaults: a value set
+# away from its default for the other kind is refused, not ignored
+ENCODER_SYNTH = {"dim": 64, "dtype": "float32", "string_ids": False, "row_order": "locality"}
+SKNN_SYNTH = {"sample": 500, "window": 20}
+
+
+def _set_options(args: argparse.Namespace, defaults: dict) -> list[str]:
+    return ["--" + name.replace("_", "-") for name, default in defaults.items()
+            if getattr(args, name) != default]
+
+
 def _synth(args: argparse.Namespace) -> int:
     try:
         from export_tools.synthetic import build_synthetic_bundle, build_synthetic_sknn_bundle
@@ -35,6 +46,8 @@ def _synth(args: argparse.Namespace) -> int:
     if args.sknn:
         if args.sessions is None:
             raise ValueError("--sknn needs --sessions N (the sessions to index)")
+        if wrong := _set_options(args, ENCODER_SYNTH):
+            raise ValueError(f"{', '.join(wrong)}: not for --sknn bundles")
         neighbors = 100 if args.neighbors is None else args.neighbors
         path = build_synthetic_sknn_bundle(
             args.out, args.items, args.sessions, sample=args.sample, neighbors=neighbors,
@@ -46,6 +59,8 @@ def _synth(args: argparse.Namespace) -> int:
         return 0
     if args.sessions is not None:
         raise ValueError("--sessions is for --sknn bundles")
+    if wrong := _set_options(args, SKNN_SYNTH):
+        raise ValueError(f"{', '.join(wrong)}: only for --sknn bundles")
     neighbors = 100 if args.neighbors is None else args.neighbors
     path = build_synthetic_bundle(
         args.out, n_items=args.items, dim=args.dim, neighbors=neighbors, seed=args.seed,
@@ -161,26 +176,28 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="write a synthetic bundle (tests, benchmarks)")
     s.add_argument("out", type=Path, help="directory to write the bundle to")
     s.add_argument("--items", type=int, required=True, help="number of items")
-    s.add_argument("--dim", type=int, default=64, help="vector dimension (default 64)")
+    s.add_argument("--dim", type=int, default=ENCODER_SYNTH["dim"],
+                   help="vector dimension (default 64)")
     s.add_argument("--neighbors", type=int, default=None,
                    help="neighbors per item K (default 100); with --sknn: neighbor sessions "
                    "(default 100)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+    s.add_argument("--dtype", choices=["float32", "float16"], default=ENCODER_SYNTH["dtype"],
                    help="item matrix dtype (default float32)")
     s.add_argument("--string-ids", action="store_true",
                    help="string item ids ('sku-N') instead of integers")
-    s.add_argument("--row-order", choices=["locality", "given"], default="locality",
+    s.add_argument("--row-order", choices=["locality", "given"],
+                   default=ENCODER_SYNTH["row_order"],
                    help="number rows along the neighbor graph (default) or keep the drawn "
                    "order (docs/kernels.md)")
     s.add_argument("--sknn", action="store_true",
                    help="a session-kNN bundle (scorer sknn, no encoder): a seeded index of "
                    "--sessions sessions of 2-20 events over Zipf-like item popularity")
     s.add_argument("--sessions", type=int, help="with --sknn: sessions to index (required)")
-    s.add_argument("--sample", type=int, default=500,
+    s.add_argument("--sample", type=int, default=SKNN_SYNTH["sample"],
                    help="with --sknn: most recent sessions kept per item, also the candidate "
                    "sessions of a call (default 500)")
-    s.add_argument("--window", type=int, default=20,
+    s.add_argument("--window", type=int, default=SKNN_SYNTH["window"],
                    help="with --sknn: session items a call reads (default 20)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     s.set_defaults(func=_synth)

@@ -492,8 +492,14 @@ def test_synth_shows_progress_only_on_a_terminal(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--sknn"], "--sknn needs --sessions N (the sessions to index)"),
     (["--sessions", "50"], "--sessions is for --sknn bundles"),
+    # an option one kind of bundle does not read is refused, not ignored
+    (["--sknn", "--sessions", "50", "--dim", "8"], "--dim: not for --sknn bundles"),
+    (["--sknn", "--sessions", "50", "--dtype", "float16", "--string-ids", "--row-order",
+      "given"], "--dtype, --string-ids, --row-order: not for --sknn bundles"),
+    (["--sample", "50"], "--sample: only for --sknn bundles"),
+    (["--window", "5", "--sample", "499"], "--sample, --window: only for --sknn bundles"),
 ])
-def test_synth_sessions_without_sknn_and_the_reverse(tmp_path, capsys, argv, message):
+def test_synth_refuses_options_the_bundle_kind_does_not_read(tmp_path, capsys, argv, message):
     out = tmp_path / "x"
     assert cli.main(["synth", str(out), "--items", "100", *argv]) == cli.EXIT_USAGE
     assert capsys.readouterr() == ("", f"sessrec synth: error: {message}\n")
