@@ -238,6 +238,25 @@ def test_c_kernel_keeps_its_pinned_struct_while_the_slots_suffice():
     assert scratch.capacity == 3 and scratch.c_pointers is not pinned
 
 
+def test_c_kernel_struct_points_at_buffers_it_keeps():
+    """Each field of the pinned struct points at the start of its scratch array, through a
+    buffer object the pin holds (it keeps the array exported while the struct points in)."""
+    from sessrec_sdk._kernels import ffi
+
+    index = _tiny()
+    scratch = SknnScratch.for_index(index, max_sample=3)
+    make_sknn_kernel(index, "c").top_k(query([0, 1], sample=3), scratch)
+    sc, keep = scratch.c_pointers[0], scratch.c_pointers[3]
+    fields = [f for f, info in ffi.typeof("sr_sknn_scratch").fields
+              if info.type.kind == "pointer"]
+    assert len(keep) == len(fields) == 15
+    for field, buf in zip(fields, keep):
+        arr = getattr(scratch, field)
+        assert ffi.typeof(buf).kind == "array" and len(buf) == arr.size, field
+        address = int(ffi.cast("uintptr_t", getattr(sc, field)))
+        assert address == int(ffi.cast("uintptr_t", buf)) == arr.ctypes.data, field
+
+
 def test_c_kernel_never_writes_through_a_read_only_scratch_array():
     """Every scratch array is pinned writable: a read-only one (e.g. a read-only mapping)
     is refused before the C code runs, and stays untouched."""

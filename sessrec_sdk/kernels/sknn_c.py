@@ -26,10 +26,6 @@ def _ptr(ctype: str, arr: np.ndarray | None):
     return ffi.NULL if arr is None else ffi.cast(ctype, ffi.from_buffer(arr))
 
 
-def _writable(ctype: str, arr: np.ndarray):
-    return ffi.cast(ctype, ffi.from_buffer(arr, require_writable=True))
-
-
 class CSknnKernel:
     """Holds the index struct (cffi pointers into the index arrays) so a call converts
     only its own arrays."""
@@ -58,18 +54,18 @@ class CSknnKernel:
         sc = ffi.new("sr_sknn_scratch *")
         sc.n_items, sc.n_sessions, sc.capacity = (scratch.n_items, scratch.n_sessions,
                                                   scratch.capacity)
-        keep = []
-        for field, ctype in (("item_seen", "uint32_t *"), ("item_touched", "uint32_t *"),
-                             ("item_excluded", "uint32_t *"), ("item_allowed", "uint32_t *"),
-                             ("item_score", "float *"), ("item_list", "int32_t *"),
-                             ("item_pos", "int32_t *"), ("session_mark", "uint32_t *"),
-                             ("session_slot", "int32_t *"), ("heap", "int32_t *"),
-                             ("slot_session", "int32_t *"), ("slot_sim", "float *"),
-                             ("slot_pos", "int32_t *"), ("order", "int32_t *"),
-                             ("error", "int64_t *")):
-            ptr = _writable(ctype, getattr(scratch, field))
-            keep.append(ptr)
-            setattr(sc, field, ptr)
+        keep = []  # the buffer objects: each keeps its array exported while the struct points in
+        for field, ctype in (("item_seen", "uint32_t[]"), ("item_touched", "uint32_t[]"),
+                             ("item_excluded", "uint32_t[]"), ("item_allowed", "uint32_t[]"),
+                             ("item_score", "float[]"), ("item_list", "int32_t[]"),
+                             ("item_pos", "int32_t[]"), ("session_mark", "uint32_t[]"),
+                             ("session_slot", "int32_t[]"), ("heap", "int32_t[]"),
+                             ("slot_session", "int32_t[]"), ("slot_sim", "float[]"),
+                             ("slot_pos", "int32_t[]"), ("order", "int32_t[]"),
+                             ("error", "int64_t[]")):
+            buf = _buf(ctype, getattr(scratch, field), require_writable=True)
+            keep.append(buf)
+            setattr(sc, field, buf)
         return (sc, ffi.new("sr_sknn_query *"), ffi.new("int32_t *"), keep)
 
     def top_k(self, q: SknnQuery, scratch: SknnScratch) -> tuple[np.ndarray, np.ndarray, int]:
