@@ -599,13 +599,17 @@ def _read_manifest(mpath: Path) -> Any:
                                f"{MAX_MANIFEST_BYTES} (damaged bundle?)")
     try:
         with open(mpath, "rb") as f:
-            text = f.read(MAX_MANIFEST_BYTES + 1).decode("utf-8")
-        return json.loads(text)
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise CorruptFileError(f"{mpath}: cannot be read ({exc})") from None
+    if len(data) > MAX_MANIFEST_BYTES:  # it grew after the size check: never parse a prefix
+        raise CorruptFileError(f"{mpath}: grew past {MAX_MANIFEST_BYTES} bytes while being "
+                               "read (a bundle being written?)")
+    try:
+        return json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CorruptFileError(f"{mpath}: not valid JSON ({type(exc).__name__}: "
                                f"{str(exc)[:200]})") from None
-    except OSError as exc:
-        raise CorruptFileError(f"{mpath}: cannot be read ({exc})") from None
 
 
 def _regular_file_size(p: Path, declared: int | None) -> int:

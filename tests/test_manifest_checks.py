@@ -409,6 +409,19 @@ def test_manifest_size_limit_is_inclusive(bundles, tmp_path):
                            f"{MAX_MANIFEST_BYTES} (damaged bundle?)")
 
 
+def test_manifest_that_grows_after_its_size_check_is_refused(bundles, tmp_path, monkeypatch):
+    """The size is checked before the read; a file that grew past the limit in between (the
+    stat faked small here) is refused, never parsed from its first MAX_MANIFEST_BYTES."""
+    b = _copy(bundles, tmp_path, "enc")
+    text = json.dumps(json.loads((b / "manifest.json").read_text()))
+    (b / "manifest.json").write_text(text + " " * (MAX_MANIFEST_BYTES + 1 - len(text)))
+    real = bundle._regular_file_size
+    monkeypatch.setattr(bundle, "_regular_file_size", lambda p, declared: (
+        len(text) if p.name == "manifest.json" else real(p, declared)))
+    assert _refusal(b) == (f"grew past {MAX_MANIFEST_BYTES} bytes while being read (a bundle "
+                           "being written?)")
+
+
 def test_unreadable_manifest_is_a_bundle_error(bundles, tmp_path):
     """A regular file that fails to read (here /proc/self/mem, whose offset 0 is unmapped:
     EIO) is a CorruptFileError with the OS error, not an OSError."""
