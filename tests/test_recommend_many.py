@@ -257,6 +257,18 @@ def test_batch_key_must_match_the_encoder(small_bundle, batched_synthetic, tmp_p
         Recommender.load(path)
 
 
+def _one_from_the_data(out: str) -> tuple[list, list]:
+    """(nodes, constants) computing ``out`` = [1] as 0 * min(items) + 1: a size ONNX Runtime
+    cannot know before a run, so a shape built on it shows only when the encoder runs."""
+    from onnx import TensorProto, helper
+
+    consts = [helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+              helper.make_tensor("one", TensorProto.INT64, [1], [1])]
+    return [helper.make_node("ReduceMin", ["items"], ["low"], axes=[0, 1], keepdims=0),
+            helper.make_node("Mul", ["low", "zero"], ["nothing"]),
+            helper.make_node("Add", ["nothing", "one"], [out])], consts
+
+
 def test_a_batched_run_that_loses_sessions_is_refused(batched_synthetic, tmp_path):
     """An encoder declared [B, dim] that returns only the first session's row (cut at a
     data-dependent end, so that only a run shows it): the batched run's result check names
@@ -266,14 +278,10 @@ def test_a_batched_run_that_loses_sessions_is_refused(batched_synthetic, tmp_pat
     path = tmp_path / "merged"
     shutil.copytree(batched_synthetic, path)
     dim = json.loads((path / "manifest.json").read_text())["dim"]
-    const = [helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
-             helper.make_tensor("one", TensorProto.INT64, [1], [1])]
+    end, const = _one_from_the_data("end")
     graph = helper.make_graph(
         [helper.make_node("ReduceMean", ["item_emb"], ["pooled"], axes=[1], keepdims=0),
-         helper.make_node("ReduceMin", ["items"], ["low"], axes=[0, 1], keepdims=0),
-         helper.make_node("Mul", ["low", "zero"], ["nothing"]),
-         helper.make_node("Add", ["nothing", "one"], ["end"]),  # [1], from the data
-         helper.make_node("Slice", ["pooled", "zero", "end", "zero"], ["query"])],
+         *end, helper.make_node("Slice", ["pooled", "zero", "end", "zero"], ["query"])],
         "merged",
         [helper.make_tensor_value_info("items", TensorProto.INT64, ["B", "L"]),
          helper.make_tensor_value_info("item_emb", TensorProto.FLOAT, ["B", "L", dim])],
@@ -392,7 +400,7 @@ def test_extra_outputs_of_a_batched_run(batched_synthetic, tmp_path):
     session its own value; an output that is not one row per session (here one value for
     the whole batch) is refused, naming the file and the output; windows of two lengths
     are not one batch."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     one_d = _swap_encoder(batched_synthetic, tmp_path / "one_d",
                           [helper.make_node("ReduceMean", ["pooled"], ["extra"], axes=[1],
@@ -415,14 +423,10 @@ def test_extra_outputs_of_a_batched_run(batched_synthetic, tmp_path):
         enc.run_batch([windows[0], (windows[1][0][:1], windows[1][1][:1])])
 
     dim = rec.bundle.manifest["dim"]
-    const = [helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
-             helper.make_tensor("one", TensorProto.INT64, [1], [1])]
+    end, const = _one_from_the_data("end")
     whole = _swap_encoder(  # the first session's row only, cut at a data-dependent end
         batched_synthetic, tmp_path / "whole",
-        [helper.make_node("ReduceMin", ["items"], ["low"], axes=[0, 1], keepdims=0),
-         helper.make_node("Mul", ["low", "zero"], ["nothing"]),
-         helper.make_node("Add", ["nothing", "one"], ["end"]),
-         helper.make_node("Slice", ["pooled", "zero", "end", "zero"], ["extra"])],
+        [*end, helper.make_node("Slice", ["pooled", "zero", "end", "zero"], ["extra"])],
         ["B", dim], const)
     rec = Recommender.load(whole)
     sessions = [ids[i:i + 2].tolist() for i in (0, 2, 4)]
@@ -440,15 +444,11 @@ def test_a_batched_run_that_fails_names_the_batch(batched_synthetic, tmp_path):
     from onnx import TensorProto, helper
 
     dim = json.loads((batched_synthetic / "manifest.json").read_text())["dim"]
-    const = [helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
-             helper.make_tensor("one", TensorProto.INT64, [1], [1]),
-             helper.make_tensor("width", TensorProto.INT64, [1], [dim])]
+    rows, const = _one_from_the_data("rows")
+    const.append(helper.make_tensor("width", TensorProto.INT64, [1], [dim]))
     path = _swap_encoder(  # reshaped to [1, dim], the 1 from the data (unknown at load)
         batched_synthetic, tmp_path / "fails",
-        [helper.make_node("ReduceMin", ["items"], ["low"], axes=[0, 1], keepdims=0),
-         helper.make_node("Mul", ["low", "zero"], ["nothing"]),
-         helper.make_node("Add", ["nothing", "one"], ["rows"]),
-         helper.make_node("Concat", ["rows", "width"], ["shape"], axis=0),
+        [*rows, helper.make_node("Concat", ["rows", "width"], ["shape"], axis=0),
          helper.make_node("Reshape", ["pooled", "shape"], ["extra"])],
         ["B", dim], const)
     # graph optimizations off: with them ONNX Runtime rewrites this reshape so that it runs
