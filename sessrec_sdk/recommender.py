@@ -618,10 +618,7 @@ def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, c
     if policy == "sessions" and s.knn_kernel is None:
         raise ValueError("candidates='sessions' needs a bundle with a session index "
                          "(sknn_*.npy), which this one does not have")
-    n_cats, cap = 0, 0
-    if policy == "sessions" and not s.knn_only:
-        cap = _int_option("max_candidates", d.get("max_candidates", 500)
-                          if max_candidates is None else max_candidates, 1, INT32_MAX)
+    n_cats = 0
     if s.category_name is None:
         if cat_filter == "predicted" or policy == "categories" or categories is not None:
             raise ValueError("category_filter='predicted', candidates='categories' and "
@@ -630,14 +627,15 @@ def _options(s: _Served, k, category_filter, neighbors, exclude_session_items, c
     else:
         n_cats = _int_option("categories", d["categories"] if categories is None else categories,
                              1, s.n_categories)
-        if policy != "sessions":
-            cap = _int_option("max_candidates", d["max_candidates"] if max_candidates is None
-                              else max_candidates, 1, INT32_MAX)
         if policy == "categories" and s.bundle.category_indptr is None:
             raise ValueError("candidates='categories' needs the bundle's category index "
                              "(category_items_*.npy), which this bundle does not have")
-    if max_candidates is not None and not cap:  # unused by this call, but still checked
-        _int_option("max_candidates", max_candidates, 1, INT32_MAX)
+    # the cap of "sessions" on a hybrid bundle and of the other policies on a bundle that
+    # predicts categories (whose manifest must name it); checked even where unused
+    capped = not s.knn_only if policy == "sessions" else s.category_name is not None
+    cap = _int_option("max_candidates", d.get("max_candidates", 500) if max_candidates is None
+                      else max_candidates, 1, INT32_MAX)
+    cap = cap if capped else 0
     bonus = d.get("repeat_bonus", 0.0) if repeat_bonus is None else repeat_bonus
     if isinstance(bonus, bool) or not isinstance(bonus, (int, float, np.integer, np.floating)):
         raise TypeError(f"repeat_bonus must be a number, got {type(bonus).__name__}")
