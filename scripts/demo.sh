@@ -19,8 +19,12 @@ echo "== export the bundle =="
 sessrec export "$OUT/checkpoint" --out "$OUT/bundle" --neighbors 150 --overwrite
 
 echo "== evaluate on the test sessions =="
+# both protocols; every-prefix on the evenly spread 10,000-session sample of
+# docs/evaluation.md (PREFIXES_SAMPLE=0: all 227,544 prefixes, several times longer)
+SAMPLE=${PREFIXES_SAMPLE:-10000}
 sessrec evaluate "$OUT/bundle" --checkpoint "$OUT/checkpoint" --test $DATA/test.csv.gz \
-    --json "$OUT/eval.json" --plot "$OUT/eval.png"
+    --json "$OUT/eval.json" --plot "$OUT/eval.png" \
+    $( [ "$SAMPLE" != 0 ] && echo --prefixes-sample "$SAMPLE" )
 
 echo "== recommend for real test sessions =="
 python examples/quickstart.py "$OUT/bundle" $DATA/test.csv.gz
