@@ -30,12 +30,22 @@ def export_encoder(model, path: Path) -> float | None:
     """Write ``model.encoder()`` to ``path`` as one self-contained ONNX file; returns the
     batched encoder's largest batched-vs-alone output difference (None: no batch axis)."""
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     import onnx
 
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        pool.apply(_export_encoder_here, (type(model), model.config, state, str(path)))
+    # an executor, not a Pool: a Pool replaces a worker that dies and waits forever
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            pool.submit(_export_encoder_here, type(model), model.config, state,
+                        str(path)).result()
+        except BrokenProcessPool as e:
+            raise RuntimeError(
+                "the ONNX export process died before it finished (out of memory, a crash, "
+                "or a script without an `if __name__ == \"__main__\":` guard: the export "
+                "process re-imports the script that started it)") from e
     spec = model.export_spec()
     graph = onnx.load(str(path), load_external_data=False).graph
     outputs = [o.name for o in graph.output]
